@@ -1,0 +1,73 @@
+//! Typed errors. Every public fallible function in `snf` returns [`Result`];
+//! library code never panics on user input.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in `snf`.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two operands disagree in shape.
+    #[error("{op}: shape mismatch, expected {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        /// The operation that checked the shapes.
+        op: &'static str,
+        /// The shape it needed (rows, cols).
+        expected: (usize, usize),
+        /// The shape it was given (rows, cols).
+        got: (usize, usize),
+    },
+    /// A matrix that must be square is not.
+    #[error("{op}: matrix must be square, got {rows}x{cols}")]
+    NotSquare {
+        /// The operation that needed a square matrix.
+        op: &'static str,
+        /// Rows of the offending matrix.
+        rows: usize,
+        /// Columns of the offending matrix.
+        cols: usize,
+    },
+    /// A dimension or size argument is out of its valid range (zero, too large, ...).
+    #[error("{op}: invalid argument: {reason}")]
+    InvalidArgument {
+        /// The operation that rejected the argument.
+        op: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An input or a result holds NaN or an infinity.
+    #[error("{op}: non-finite value (NaN or infinity)")]
+    NonFinite {
+        /// The operation that found it.
+        op: &'static str,
+    },
+    /// LU factorisation met a pivot that is zero, or negligible relative to the largest
+    /// pivot (`|u_kk| <= n * eps * max_i |u_ii|`): the matrix is singular to working precision.
+    #[error("{op}: matrix is singular to working precision (pivot {index}: |u| = {pivot:e}, largest pivot {max_pivot:e})")]
+    Singular {
+        /// The operation that factored the matrix.
+        op: &'static str,
+        /// Index of the smallest pivot on the diagonal of U.
+        index: usize,
+        /// Its magnitude.
+        pivot: f64,
+        /// Magnitude of the largest pivot.
+        max_pivot: f64,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// Check that `got == expected`, else return [`Error::ShapeMismatch`].
+pub(crate) fn check_shape(
+    op: &'static str,
+    expected: (usize, usize),
+    got: (usize, usize),
+) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch { op, expected, got })
+    }
+}

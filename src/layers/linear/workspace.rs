@@ -1,0 +1,97 @@
+//! Preallocated buffers for the linear layer: a training step allocates nothing.
+
+use faer::{Mat, MatMut, MatRef, Par};
+
+use crate::error::{Error, Result};
+use crate::exact::Lu;
+use crate::real::Real;
+
+/// Buffers for [`SelfNormLinear`](super::SelfNormLinear) forward/backward passes on
+/// batches of up to `max_batch` columns, plus the parallelism to use.
+///
+/// Made once per layer and reused: after [`LinearWorkspace::new`] (and
+/// [`with_exact`](Self::with_exact) for the exact path) no pass allocates.
+#[derive(Debug)]
+pub struct LinearWorkspace<T: Real> {
+    pub(crate) par: Par,
+    pub(crate) u: Mat<T>,
+    pub(crate) e: Mat<T>,
+    pub(crate) t: Mat<T>,
+    pub(crate) batch: Option<usize>,
+    pub(crate) exact: Option<ExactBuffers<T>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ExactBuffers<T: Real> {
+    pub(crate) lu_w: Lu<T>,
+    pub(crate) lu_r: Lu<T>,
+    /// $v = R^{-1} x_g$ from the last [`g_inverse`](super::SelfNormLinear::g_inverse).
+    pub(crate) v: Mat<T>,
+    /// Batch size of `v`, when `lu_r`/`v` are current.
+    pub(crate) g_batch: Option<usize>,
+}
+
+impl<T: Real> LinearWorkspace<T> {
+    /// Buffers for the self-normalizing path of a `dim x dim` layer.
+    pub fn new(dim: usize, max_batch: usize, par: Par) -> Self {
+        Self {
+            par,
+            u: Mat::zeros(dim, max_batch),
+            e: Mat::zeros(dim, max_batch),
+            t: Mat::zeros(dim, max_batch),
+            batch: None,
+            exact: None,
+        }
+    }
+
+    /// Also allocate the exact path's buffers (two LU workspaces, `R^{-1}x`), so that
+    /// [`backward_exact`](super::SelfNormLinear::backward_exact) and the exact inverses
+    /// allocate nothing either.
+    pub fn with_exact(mut self) -> Self {
+        self.ensure_exact();
+        self
+    }
+
+    pub(crate) fn ensure_exact(&mut self) -> &mut ExactBuffers<T> {
+        let (dim, max_batch, par) = (self.dim(), self.max_batch(), self.par);
+        self.exact.get_or_insert_with(|| ExactBuffers {
+            lu_w: Lu::new(dim, max_batch, par),
+            lu_r: Lu::new(dim, max_batch, par),
+            v: Mat::zeros(dim, max_batch),
+            g_batch: None,
+        })
+    }
+
+    /// The layer dimension this workspace serves.
+    pub fn dim(&self) -> usize {
+        self.u.nrows()
+    }
+    /// The largest batch it holds.
+    pub fn max_batch(&self) -> usize {
+        self.u.ncols()
+    }
+    /// The parallelism used by every product.
+    pub fn par(&self) -> Par {
+        self.par
+    }
+
+    /// Check a `D x B` batch against this workspace and return `B`.
+    pub(crate) fn check_batch(&self, op: &'static str, a: MatRef<'_, T>) -> Result<usize> {
+        let (d, b) = (self.dim(), a.ncols());
+        if a.nrows() != d {
+            return Err(Error::ShapeMismatch { op, expected: (d, b), got: (a.nrows(), b) });
+        }
+        if b == 0 || b > self.max_batch() {
+            return Err(Error::InvalidArgument {
+                op,
+                reason: format!("batch of {b} columns; this workspace holds 1..={}", self.max_batch()),
+            });
+        }
+        Ok(b)
+    }
+
+    /// Check an output buffer has exactly the shape `(d, b)`.
+    pub(crate) fn check_out(op: &'static str, out: &MatMut<'_, T>, d: usize, b: usize) -> Result<()> {
+        crate::error::check_shape(op, (d, b), (out.nrows(), out.ncols()))
+    }
+}

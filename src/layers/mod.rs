@@ -1,0 +1,26 @@
+//! Flow layers with hand-derived gradients.
+//!
+//! Conventions shared by every layer:
+//! - **Batch layout.** A batch is a `D x B` matrix: one *column* per example
+//!   (faer is column-major, so `z = W x` is a single GEMM).
+//! - **Deltas** `dz` passed *into* a backward pass are the paper's
+//!   $\delta_z = \partial \log p(\cdot)/\partial z$, one column per example, **not**
+//!   divided by the batch size (for a standard normal base, $\delta_z = -z$). Deltas
+//!   returned (`dx`) follow the same convention, so layers chain.
+//! - **Parameter gradients** are gradients of the *loss* that an optimiser minimises,
+//!   the negated batch mean of the objective of Eq. 3:
+//!   $$\ell = -\frac1B \sum_{b=1}^B \Big[\tfrac12 \log p^f_X(x_b) + \tfrac12 \log p^g_X(x_b)
+//!   - \lambda \lVert g(f(x_b)) - x_b \rVert^2\Big].$$
+
+pub mod linear;
+
+/// Which gradient a self-normalizing layer computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GradMode {
+    /// The self-normalizing approximation (Eqs. 10, 11, 17, 20): the learned inverse
+    /// stands in for $W^{-T}$; no inverse, no determinant.
+    SelfNorm,
+    /// The exact gradient of the same objective (Eqs. 8, 9): $W^{-T}$ and $R^{-T}$
+    /// from LU, $\delta^g$ from the exact inverse pass. The reference for angles.
+    Exact,
+}

@@ -1,0 +1,114 @@
+//! Adam (Kingma & Ba, 2014), as in PyTorch: bias-corrected first and second moments.
+
+use faer::{unzip, zip, Mat, MatMut, MatRef};
+
+use crate::error::{Error, Result};
+use crate::real::Real;
+
+/// Adam hyper-parameters. Defaults are the paper's: `lr = 1e-4`, `betas = (0.9, 0.999)`,
+/// `eps = 1e-8`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay $\beta_1$.
+    pub beta1: f64,
+    /// Second-moment decay $\beta_2$.
+    pub beta2: f64,
+    /// Denominator guard $\epsilon$.
+    pub eps: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+}
+
+/// Adam state for a fixed list of parameter blocks. It sees gradients, never data.
+///
+/// $m \leftarrow \beta_1 m + (1-\beta_1)g$, $v \leftarrow \beta_2 v + (1-\beta_2)g^2$,
+/// $\theta \leftarrow \theta - \eta\,\hat m/(\sqrt{\hat v} + \epsilon)$ with
+/// $\hat m = m/(1-\beta_1^t)$, $\hat v = v/(1-\beta_2^t)$.
+#[derive(Debug, Clone)]
+pub struct Adam<T: Real> {
+    cfg: AdamConfig,
+    t: u64,
+    m: Vec<Mat<T>>,
+    v: Vec<Mat<T>>,
+}
+
+impl<T: Real> Adam<T> {
+    /// State for parameter blocks of the given `(rows, cols)` shapes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `lr > 0`, `0 <= beta < 1`, `eps > 0`, all finite.
+    pub fn new(cfg: AdamConfig, shapes: impl IntoIterator<Item = (usize, usize)>) -> Result<Self> {
+        let ok = cfg.lr.is_finite()
+            && cfg.lr > 0.0
+            && (0.0..1.0).contains(&cfg.beta1)
+            && (0.0..1.0).contains(&cfg.beta2)
+            && cfg.eps.is_finite()
+            && cfg.eps > 0.0;
+        if !ok {
+            return Err(Error::InvalidArgument { op: "Adam::new", reason: format!("bad config {cfg:?}") });
+        }
+        let (m, v) = shapes.into_iter().map(|(r, c)| (Mat::zeros(r, c), Mat::zeros(r, c))).unzip();
+        Ok(Self { cfg, t: 0, m, v })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> AdamConfig {
+        self.cfg
+    }
+    /// Set the learning rate (for warm-up schedules).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.t
+    }
+
+    /// One update of every block, given `(parameter, gradient)` pairs in the order of
+    /// the shapes passed to [`new`](Self::new). Allocates nothing.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] / [`Error::InvalidArgument`] if the pairs do not match
+    /// the blocks; blocks before the offending one have already been updated.
+    pub fn step<'a>(&mut self, pairs: impl IntoIterator<Item = (MatMut<'a, T>, MatRef<'a, T>)>) -> Result<()>
+    where
+        T: 'a,
+    {
+        const OP: &str = "Adam::step";
+        self.t += 1;
+        let t = self.t as i32;
+        let c = &self.cfg;
+        let (b1, b2) = (T::from_f64(c.beta1), T::from_f64(c.beta2));
+        let (ob1, ob2) = (T::from_f64(1.0 - c.beta1), T::from_f64(1.0 - c.beta2));
+        // Fold the bias corrections into the step size and epsilon:
+        // lr * m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) = step * m / (sqrt(v) + eps_hat).
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2 = (1.0 - c.beta2.powi(t)).sqrt();
+        let step = T::from_f64(c.lr * bc2 / bc1);
+        let eps_hat = T::from_f64(c.eps * bc2);
+        let mut n = 0;
+        for (i, (p, g)) in pairs.into_iter().enumerate() {
+            let (Some(m), Some(v)) = (self.m.get_mut(i), self.v.get_mut(i)) else {
+                return Err(Error::InvalidArgument { op: OP, reason: format!("more than {} blocks", self.m.len()) });
+            };
+            crate::error::check_shape(OP, (m.nrows(), m.ncols()), (p.nrows(), p.ncols()))?;
+            crate::error::check_shape(OP, (m.nrows(), m.ncols()), (g.nrows(), g.ncols()))?;
+            zip!(p, g, m.as_mut(), v.as_mut()).for_each(|unzip!(p, g, m, v)| {
+                *m = b1 * *m + ob1 * *g;
+                *v = b2 * *v + ob2 * *g * *g;
+                *p = *p - step * *m / (num_traits::Float::sqrt(*v) + eps_hat);
+            });
+            n += 1;
+        }
+        if n != self.m.len() {
+            return Err(Error::InvalidArgument { op: OP, reason: format!("{n} blocks given, {} expected", self.m.len()) });
+        }
+        Ok(())
+    }
+}

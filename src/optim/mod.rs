@@ -1,0 +1,5 @@
+//! Optimisers. They see `(parameter, gradient)` pairs, never data or layers.
+
+mod adam;
+
+pub use adam::{Adam, AdamConfig};
