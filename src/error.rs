@@ -56,7 +56,7 @@ pub enum Error {
     },
 }
 
-/// `Result` with [`Error`].
+/// `Result` with [`enum@Error`].
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 
 /// Check that `got == expected`, else return [`Error::ShapeMismatch`].

@@ -14,25 +14,6 @@ pub(crate) fn sum_sq<T: Real>(x: MatRef<'_, T>) -> f64 {
     (0..x.ncols()).map(|j| x.col(j).iter().map(|v| v.as_f64() * v.as_f64()).sum::<f64>()).sum()
 }
 
-/// `dst = alpha * src^T` for square blocks, cache-blocked so the strided side is read in
-/// tiles that stay in L1. `dst` is `n x m`, `src` is `m x n`.
-pub(crate) fn set_scaled_transpose<T: Real>(mut dst: MatMut<'_, T>, src: MatRef<'_, T>, alpha: T) {
-    const TILE: usize = 32;
-    let (n, m) = (dst.nrows(), dst.ncols());
-    debug_assert_eq!((src.nrows(), src.ncols()), (m, n));
-    for j0 in (0..m).step_by(TILE) {
-        let j1 = (j0 + TILE).min(m);
-        for i0 in (0..n).step_by(TILE) {
-            let i1 = (i0 + TILE).min(n);
-            for j in j0..j1 {
-                for i in i0..i1 {
-                    dst[(i, j)] = alpha * src[(j, i)];
-                }
-            }
-        }
-    }
-}
-
 /// `dst[i] = alpha * sum_j a[i, j]` (row sums of a `D x B` batch).
 pub(crate) fn set_scaled_row_sums<T: Real>(dst: &mut [T], a: MatRef<'_, T>, alpha: T) {
     for v in dst.iter_mut() {
@@ -48,13 +29,12 @@ pub(crate) fn set_scaled_row_sums<T: Real>(dst: &mut [T], a: MatRef<'_, T>, alph
     }
 }
 
-/// `dst = accum(dst) + alpha * lhs * rhs`, parallel over column blocks of `dst`.
+/// `dst = accum(dst) + alpha * lhs * rhs`, parallel over row or column blocks of `dst`.
 ///
 /// faer's own rayon-parallel GEMM allocates a few small buffers per call; this splits
-/// the output columns (and the matching columns of `rhs`) into `par.degree()` blocks with
-/// `rayon::join`, whose jobs live on the stack, and runs faer's sequential GEMM on each:
-/// no heap allocation, and every output column is computed by the same sequential kernel
-/// whatever the thread count.
+/// the output into `par.degree()` blocks (rows of a tall output with the matching rows of
+/// `lhs`, else columns with the matching columns of `rhs`) with `rayon::join`, whose jobs
+/// live on the stack, and runs faer's sequential GEMM on each: no heap allocation.
 pub(crate) fn gemm<T: Real>(
     dst: MatMut<'_, T>,
     accum: faer::Accum,
@@ -79,17 +59,97 @@ fn split_gemm<T: Real>(
     let n = dst.ncols();
     let work = dst.nrows() * n * lhs.ncols();
     #[cfg(feature = "rayon")]
-    if threads > 1 && n >= 2 * MIN_COLS && work >= 1 << 15 {
+    if threads > 1 && work >= 1 << 15 {
         let left_threads = threads / 2;
-        let split = n * left_threads / threads;
-        let (dl, dr) = dst.split_at_col_mut(split);
-        let (rl, rr) = rhs.split_at_col(split);
-        rayon::join(
-            || split_gemm(dl, accum, lhs, rl, alpha, left_threads),
-            || split_gemm(dr, accum, lhs, rr, alpha, threads - left_threads),
-        );
-        return;
+        let m = dst.nrows();
+        if m >= n && m >= 2 * MIN_COLS {
+            // Tall output (e.g. D x D times D x B): split rows, so each thread streams
+            // only its half of the large left factor.
+            let split = m * left_threads / threads;
+            let (dt, db) = dst.split_at_row_mut(split);
+            let (lt, lb) = lhs.split_at_row(split);
+            rayon::join(
+                || split_gemm(dt, accum, lt, rhs, alpha, left_threads),
+                || split_gemm(db, accum, lb, rhs, alpha, threads - left_threads),
+            );
+            return;
+        }
+        if n >= 2 * MIN_COLS {
+            let split = n * left_threads / threads;
+            let (dl, dr) = dst.split_at_col_mut(split);
+            let (rl, rr) = rhs.split_at_col(split);
+            rayon::join(
+                || split_gemm(dl, accum, lhs, rl, alpha, left_threads),
+                || split_gemm(dr, accum, lhs, rr, alpha, threads - left_threads),
+            );
+            return;
+        }
     }
     let _ = (threads, work);
     faer::linalg::matmul::matmul(dst, accum, lhs, rhs, alpha, faer::Par::Seq);
+}
+
+/// Views that can be split by columns, so element-wise kernels can run in parallel
+/// without allocating (see [`par_cols`]).
+pub(crate) trait Splittable: Sized + Send {
+    fn ncols(&self) -> usize;
+    fn nrows(&self) -> usize;
+    fn split(self, at: usize) -> (Self, Self);
+}
+
+impl<T: Real> Splittable for MatMut<'_, T> {
+    fn ncols(&self) -> usize {
+        MatMut::ncols(self)
+    }
+    fn nrows(&self) -> usize {
+        MatMut::nrows(self)
+    }
+    fn split(self, at: usize) -> (Self, Self) {
+        self.split_at_col_mut(at)
+    }
+}
+
+impl<T: Real> Splittable for MatRef<'_, T> {
+    fn ncols(&self) -> usize {
+        MatRef::ncols(self)
+    }
+    fn nrows(&self) -> usize {
+        MatRef::nrows(self)
+    }
+    fn split(self, at: usize) -> (Self, Self) {
+        self.split_at_col(at)
+    }
+}
+
+impl<A: Splittable, B: Splittable> Splittable for (A, B) {
+    fn ncols(&self) -> usize {
+        self.0.ncols()
+    }
+    fn nrows(&self) -> usize {
+        self.0.nrows()
+    }
+    fn split(self, at: usize) -> (Self, Self) {
+        let (a0, a1) = self.0.split(at);
+        let (b0, b1) = self.1.split(at);
+        ((a0, b0), (a1, b1))
+    }
+}
+
+/// Run `f` on `threads` column blocks of `s` in parallel (`rayon::join`, no allocation);
+/// sequentially when small. All parts of `s` must have the same number of columns.
+pub(crate) fn par_cols<S: Splittable>(s: S, par: faer::Par, f: &(impl Fn(S) + Sync)) {
+    split_cols(s, par.degree().max(1), f)
+}
+
+fn split_cols<S: Splittable>(s: S, threads: usize, f: &(impl Fn(S) + Sync)) {
+    let n = s.ncols();
+    #[cfg(feature = "rayon")]
+    if threads > 1 && n >= 2 && s.nrows() * n >= 1 << 15 {
+        let left = threads / 2;
+        let (a, b) = s.split(n * left / threads);
+        rayon::join(|| split_cols(a, left, f), || split_cols(b, threads - left, f));
+        return;
+    }
+    let _ = threads;
+    f(s)
 }

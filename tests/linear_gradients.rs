@@ -70,12 +70,12 @@ fn exact_mode_gradients_match_finite_differences() {
         let bb = c.layer.bias().map(to_na);
         let x = to_na(c.x.as_ref());
         let fd_w = central_diff(&w, FD_STEP, |w| snf_loss_oracle(w, &r, bb.as_ref(), &x, lambda));
-        assert_fd("dW", g.w.as_ref(), &fd_w);
+        assert_fd("dW", g.w(), &fd_w);
         let fd_r = central_diff(&r, FD_STEP, |r| snf_loss_oracle(&w, r, bb.as_ref(), &x, lambda));
-        assert_fd("dR", g.r.as_ref(), &fd_r);
+        assert_fd("dR", g.r(), &fd_r);
         if let Some(bv) = &bb {
             let fd_b = central_diff(bv, FD_STEP, |b| snf_loss_oracle(&w, &r, Some(b), &x, lambda));
-            assert_fd("db", g.b.as_ref().unwrap().as_ref(), &fd_b);
+            assert_fd("db", g.b().unwrap(), &fd_b);
         }
     }
 }
@@ -111,11 +111,11 @@ fn snf_reconstruction_terms_match_finite_differences() {
         e.norm_squared() / x.ncols() as f64
     };
     assert!((e_of(&w, &r) - recon).abs() <= 1e-12 * recon.max(1.0), "reported recon error");
-    let dw = Mat::from_fn(5, 5, |i, j| g1.w[(i, j)] - g0.w[(i, j)]);
-    let dr = Mat::from_fn(5, 5, |i, j| g1.r[(i, j)] - g0.r[(i, j)]);
+    let dw = Mat::from_fn(5, 5, |i, j| g1.w()[(i, j)] - g0.w()[(i, j)]);
+    let dr = Mat::from_fn(5, 5, |i, j| g1.r()[(i, j)] - g0.r()[(i, j)]);
     assert_fd("recon dW", dw.as_ref(), &central_diff(&w, FD_STEP, |w| e_of(w, &r)));
     assert_fd("recon dR", dr.as_ref(), &central_diff(&r, FD_STEP, |r| e_of(&w, r)));
-    assert_eq!(g1.b, g0.b, "bias gradient has no reconstruction term (the bias cancels in g(f(x)))");
+    assert_eq!(g1.b(), g0.b(), "bias gradient has no reconstruction term (the bias cancels in g(f(x)))");
 }
 
 #[test]

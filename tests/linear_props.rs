@@ -28,7 +28,7 @@ fn both(d: usize, b: usize, seed: u64, noise: f64, lambda: f64, bias: bool) -> (
     layer.backward_exact(x.as_ref(), dzf.as_ref(), dzg.as_ref(), dxf.as_mut(), dxg.as_mut(), &mut ge, &mut ws, lambda).unwrap();
     let mut gs = layer.zero_grads();
     layer.backward(x.as_ref(), dzf.as_ref(), dxf.as_mut(), &mut gs, &mut ws, lambda).unwrap();
-    (ge.w, gs.w, r, winv)
+    (ge.w().to_owned(), gs.w().to_owned(), r, winv)
 }
 
 proptest! {

@@ -8,8 +8,7 @@
 //! - train the paper's "exact gradient" baselines.
 //!
 //! This module is a leaf: it depends only on faer and the crate's error and scalar types.
-//! All functions return [`Error::Singular`](crate::Error::Singular) or
-//! [`Error::NonFinite`](crate::Error::NonFinite) rather than panicking.
+//! All functions return [`Error::Singular`] or [`Error::NonFinite`] rather than panicking.
 
 mod lu;
 

@@ -13,14 +13,3 @@
 //!   - \lambda \lVert g(f(x_b)) - x_b \rVert^2\Big].$$
 
 pub mod linear;
-
-/// Which gradient a self-normalizing layer computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GradMode {
-    /// The self-normalizing approximation (Eqs. 10, 11, 17, 20): the learned inverse
-    /// stands in for $W^{-T}$; no inverse, no determinant.
-    SelfNorm,
-    /// The exact gradient of the same objective (Eqs. 8, 9): $W^{-T}$ and $R^{-T}$
-    /// from LU, $\delta^g$ from the exact inverse pass. The reference for angles.
-    Exact,
-}

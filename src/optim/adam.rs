@@ -2,6 +2,7 @@
 
 use faer::{unzip, zip, Mat, MatMut, MatRef};
 
+
 use crate::error::{Error, Result};
 use crate::real::Real;
 
@@ -33,6 +34,7 @@ impl Default for AdamConfig {
 #[derive(Debug, Clone)]
 pub struct Adam<T: Real> {
     cfg: AdamConfig,
+    par: faer::Par,
     t: u64,
     m: Vec<Mat<T>>,
     v: Vec<Mat<T>>,
@@ -54,7 +56,15 @@ impl<T: Real> Adam<T> {
             return Err(Error::InvalidArgument { op: "Adam::new", reason: format!("bad config {cfg:?}") });
         }
         let (m, v) = shapes.into_iter().map(|(r, c)| (Mat::zeros(r, c), Mat::zeros(r, c))).unzip();
-        Ok(Self { cfg, t: 0, m, v })
+        Ok(Self { cfg, par: faer::Par::Seq, t: 0, m, v })
+    }
+
+    /// Run the element-wise update on `par` threads (column blocks, no allocation).
+    /// The update is memory-bound: on the 2-vCPU machine of `docs/benchmarks.md` two
+    /// threads were slower than one, hence the sequential default.
+    pub fn with_par(mut self, par: faer::Par) -> Self {
+        self.par = par;
+        self
     }
 
     /// The configuration.
@@ -99,10 +109,12 @@ impl<T: Real> Adam<T> {
             };
             crate::error::check_shape(OP, (m.nrows(), m.ncols()), (p.nrows(), p.ncols()))?;
             crate::error::check_shape(OP, (m.nrows(), m.ncols()), (g.nrows(), g.ncols()))?;
-            zip!(p, g, m.as_mut(), v.as_mut()).for_each(|unzip!(p, g, m, v)| {
-                *m = b1 * *m + ob1 * *g;
-                *v = b2 * *v + ob2 * *g * *g;
-                *p = *p - step * *m / (num_traits::Float::sqrt(*v) + eps_hat);
+            crate::util::par_cols(((p, g), (m.as_mut(), v.as_mut())), self.par, &|((p, g), (m, v))| {
+                zip!(p, g, m, v).for_each(|unzip!(p, g, m, v)| {
+                    *m = b1 * *m + ob1 * *g;
+                    *v = b2 * *v + ob2 * *g * *g;
+                    *p = *p - step * *m / (num_traits::Float::sqrt(*v) + eps_hat);
+                })
             });
             n += 1;
         }

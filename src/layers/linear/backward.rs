@@ -10,13 +10,13 @@ use faer::{unzip, zip, Accum, MatMut, MatRef};
 use super::{BackwardStats, LinearGrads, LinearWorkspace, SelfNormLinear};
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
-use crate::util::{set_scaled_row_sums, set_scaled_transpose};
+use crate::util::{par_cols, set_scaled_row_sums};
 
 impl<T: Real> SelfNormLinear<T> {
     fn check_grads(&self, op: &'static str, g: &LinearGrads<T>) -> Result<()> {
         let d = self.dim();
         check_shape(op, (d, d), (g.w.nrows(), g.w.ncols()))?;
-        check_shape(op, (d, d), (g.r.nrows(), g.r.ncols()))?;
+        check_shape(op, (d, d), (g.rt.nrows(), g.rt.ncols()))?;
         match (&self.b, &g.b) {
             (Some(_), Some(gb)) => check_shape(op, (d, 1), (gb.nrows(), gb.ncols())),
             (None, None) => Ok(()),
@@ -84,15 +84,19 @@ impl<T: Real> SelfNormLinear<T> {
         let recon = self.residual(x, u, e.rb_mut(), par);
         // t = -1/2 delta_z + 2 lambda R^T e
         zip!(t.rb_mut(), dz).for_each(|unzip!(t, dz)| *t = -half * *dz);
-        matmul(t.rb_mut(), Accum::Add, self.r.transpose(), e.rb(), two_lambda, par);
-        // dW = (1/B) t x^T - 1/2 R^T
-        set_scaled_transpose(grads.w.as_mut(), self.r.as_ref(), -half);
+        matmul(t.rb_mut(), Accum::Add, self.rt.as_ref(), e.rb(), two_lambda, par);
+        // dW = (1/B) t x^T - 1/2 R^T   (R^T is stored: a contiguous scaled copy)
+        par_cols((grads.w.as_mut(), self.rt.as_ref()), par, &|(g, rt)| {
+            zip!(g, rt).for_each(|unzip!(g, rt)| *g = -half * *rt)
+        });
         matmul(grads.w.as_mut(), Accum::Add, t.rb(), x.transpose(), inv_b, par);
         // s = 1/2 delta_x + 2 lambda e  (in place of e)
         zip!(e.rb_mut(), dx.rb()).for_each(|unzip!(e, dx)| *e = two_lambda * *e + half * *dx);
-        // dR = (1/B) s u^T + 1/2 W^T
-        set_scaled_transpose(grads.r.as_mut(), self.w.as_ref(), half);
-        matmul(grads.r.as_mut(), Accum::Add, e.rb(), u.transpose(), inv_b, par);
+        // dR = (1/B) s u^T + 1/2 W^T, stored transposed: dR^T = (1/B) u s^T + 1/2 W
+        par_cols((grads.rt.as_mut(), self.w.as_ref()), par, &|(g, w)| {
+            zip!(g, w).for_each(|unzip!(g, w)| *g = half * *w)
+        });
+        matmul(grads.rt.as_mut(), Accum::Add, u, e.rb().transpose(), inv_b, par);
         // db = -(1/B) sum_b delta_z
         if let Some(gb) = grads.b.as_mut() {
             set_scaled_row_sums(gb.col_as_slice_mut(0), dz, -inv_b);
@@ -162,17 +166,18 @@ impl<T: Real> SelfNormLinear<T> {
         ex.lu_r.solve_transpose_in_place(dx_g.rb_mut())?;
         let recon = self.residual(x, u, e.rb_mut(), par);
         zip!(t.rb_mut(), dz_f).for_each(|unzip!(t, dz)| *t = -half * *dz);
-        matmul(t.rb_mut(), Accum::Add, self.r.transpose(), e.rb(), two_lambda, par);
+        matmul(t.rb_mut(), Accum::Add, self.rt.as_ref(), e.rb(), two_lambda, par);
         // dW = -1/2 W^{-T} + (1/B) t x^T
         ex.lu_w.factor(self.w.as_ref())?;
         ex.lu_w.inverse_transpose_into(grads.w.as_mut())?;
         zip!(grads.w.as_mut()).for_each(|unzip!(g)| *g = -half * *g);
         matmul(grads.w.as_mut(), Accum::Add, t.rb(), x.transpose(), inv_b, par);
-        // dR = 1/2 R^{-T} + (1/B)(1/2 dx_g v^T + 2 lambda e u^T)
-        ex.lu_r.inverse_transpose_into(grads.r.as_mut())?;
-        zip!(grads.r.as_mut()).for_each(|unzip!(g)| *g = half * *g);
-        matmul(grads.r.as_mut(), Accum::Add, dx_g.rb(), v.transpose(), half * inv_b, par);
-        matmul(grads.r.as_mut(), Accum::Add, e.rb(), u.transpose(), two_lambda * inv_b, par);
+        // dR = 1/2 R^{-T} + (1/B)(1/2 dx_g v^T + 2 lambda e u^T), stored transposed:
+        // dR^T = 1/2 R^{-1} + (1/B)(1/2 v dx_g^T + 2 lambda u e^T)
+        ex.lu_r.inverse_into(grads.rt.as_mut())?;
+        zip!(grads.rt.as_mut()).for_each(|unzip!(g)| *g = half * *g);
+        matmul(grads.rt.as_mut(), Accum::Add, v, dx_g.rb().transpose(), half * inv_b, par);
+        matmul(grads.rt.as_mut(), Accum::Add, u, e.rb().transpose(), two_lambda * inv_b, par);
         if let Some(gb) = grads.b.as_mut() {
             // t is free again: t = dz_f + dz_g
             zip!(t.rb_mut(), dz_f, dz_g).for_each(|unzip!(t, f, g)| *t = *f + *g);

@@ -51,7 +51,7 @@ impl<T: Real> SelfNormLinear<T> {
         let mut t = ws.t.as_mut().subcols_mut(0, b);
         t.copy_from(z);
         self.sub_bias(t.rb_mut());
-        matmul(x, Accum::Replace, self.r.as_ref(), t.rb(), T::from_f64(1.0), ws.par);
+        matmul(x, Accum::Replace, self.rt.transpose(), t.rb(), T::from_f64(1.0), ws.par);
         Ok(())
     }
 
@@ -85,7 +85,7 @@ impl<T: Real> SelfNormLinear<T> {
         LinearWorkspace::check_out(OP, &y, self.dim(), b)?;
         let ex = ws.ensure_exact();
         ex.g_batch = None;
-        ex.lu_r.factor(self.r.as_ref())?;
+        ex.lu_r.factor(self.rt.transpose())?;
         let mut v = ex.v.as_mut().subcols_mut(0, b);
         v.copy_from(x);
         ex.lu_r.solve_in_place(v.rb_mut())?;
@@ -132,7 +132,7 @@ impl<T: Real> SelfNormLinear<T> {
     /// `e = R u - x`; returns the batch mean of `‖e_b‖²`.
     pub(crate) fn residual(&self, x: MatRef<'_, T>, u: MatRef<'_, T>, mut e: MatMut<'_, T>, par: faer::Par) -> f64 {
         zip!(e.rb_mut(), x).for_each(|unzip!(e, x)| *e = -*x);
-        matmul(e.rb_mut(), Accum::Add, self.r.as_ref(), u, T::from_f64(1.0), par);
+        matmul(e.rb_mut(), Accum::Add, self.rt.transpose(), u, T::from_f64(1.0), par);
         crate::util::sum_sq(e.rb()) / e.ncols() as f64
     }
 

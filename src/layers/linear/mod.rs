@@ -63,28 +63,40 @@ use crate::real::Real;
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelfNormLinear<T: Real> {
     pub(crate) w: Mat<T>,
-    pub(crate) r: Mat<T>,
+    /// $R^T$, stored transposed: both log-det surrogate terms ($-\tfrac12 R^T$ in
+    /// $\partial_W\ell$ and $\tfrac12 W^T$ in $\partial_R\ell$, i.e. $\tfrac12 W$ in
+    /// $\partial_{R^T}\ell$) then become contiguous scaled copies instead of strided
+    /// transposes, and products with $R$ are transposed views, which faer runs at full speed.
+    pub(crate) rt: Mat<T>,
     pub(crate) b: Option<Mat<T>>,
 }
 
 /// Gradients of the loss with respect to a [`SelfNormLinear`]'s parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearGrads<T: Real> {
-    /// $\partial\ell/\partial W$, `D x D`.
-    pub w: Mat<T>,
-    /// $\partial\ell/\partial R$, `D x D`.
-    pub r: Mat<T>,
-    /// $\partial\ell/\partial b$, `D x 1` (present iff the layer has a bias).
-    pub b: Option<Mat<T>>,
+    pub(crate) w: Mat<T>,
+    /// $\partial\ell/\partial R^T$ (stored like the layer's $R^T$).
+    pub(crate) rt: Mat<T>,
+    pub(crate) b: Option<Mat<T>>,
 }
 
 impl<T: Real> LinearGrads<T> {
+    /// $\partial\ell/\partial W$, `D x D`.
+    pub fn w(&self) -> MatRef<'_, T> {
+        self.w.as_ref()
+    }
+    /// $\partial\ell/\partial R$, `D x D` (a transposed view of the stored $\partial\ell/\partial R^T$).
+    pub fn r(&self) -> MatRef<'_, T> {
+        self.rt.transpose()
+    }
+    /// $\partial\ell/\partial b$, `D x 1`, present iff the layer has a bias.
+    pub fn b(&self) -> Option<MatRef<'_, T>> {
+        self.b.as_ref().map(|b| b.as_ref())
+    }
     /// The gradient blocks in parameter order `[W, R, b?]`, for
-    /// [`angle_degrees`](crate::grad::angle_degrees) and optimisers.
+    /// [`angle_degrees`](crate::grad::angle_degrees).
     pub fn blocks(&self) -> impl Iterator<Item = MatRef<'_, T>> {
-        [Some(self.w.as_ref()), Some(self.r.as_ref()), self.b.as_ref().map(|b| b.as_ref())]
-            .into_iter()
-            .flatten()
+        [Some(self.w()), Some(self.r()), self.b()].into_iter().flatten()
     }
 }
 
@@ -111,8 +123,9 @@ impl<T: Real> SelfNormLinear<T> {
         }
         let std = crate::init::xavier_normal_std(dim, dim, 0.01);
         let w = crate::init::identity_plus_noise::<T>(dim, std, rng);
-        let r = w.transpose().to_owned();
-        Ok(Self { w, r, b: bias.then(|| Mat::zeros(dim, 1)) })
+        // R = W^T, stored as R^T = W.
+        let rt = w.clone();
+        Ok(Self { w, rt, b: bias.then(|| Mat::zeros(dim, 1)) })
     }
 
     /// A layer from explicit parameters.
@@ -139,7 +152,7 @@ impl<T: Real> SelfNormLinear<T> {
         if !finite {
             return Err(Error::NonFinite { op: OP });
         }
-        Ok(Self { w, r, b })
+        Ok(Self { w, rt: r.transpose().to_owned(), b })
     }
 
     /// The dimension $D$.
@@ -152,7 +165,7 @@ impl<T: Real> SelfNormLinear<T> {
     }
     /// The learned inverse weight $R$.
     pub fn r(&self) -> MatRef<'_, T> {
-        self.r.as_ref()
+        self.rt.transpose()
     }
     /// The bias $b$ (`D x 1`), if any.
     pub fn bias(&self) -> Option<MatRef<'_, T>> {
@@ -164,13 +177,14 @@ impl<T: Real> SelfNormLinear<T> {
         let d = self.dim();
         LinearGrads {
             w: Mat::zeros(d, d),
-            r: Mat::zeros(d, d),
+            rt: Mat::zeros(d, d),
             b: self.b.as_ref().map(|_| Mat::zeros(d, 1)),
         }
     }
 
-    /// Mutable parameter blocks paired with their gradients, in the order of
-    /// [`LinearGrads::blocks`]: what an optimiser step consumes.
+    /// Mutable parameter blocks paired with their gradients, `[W, R^T, b?]` (the
+    /// storage order; an element-wise optimiser is indifferent to the transpose): what
+    /// an optimiser step consumes.
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `grads` was not made for this layer.
@@ -181,12 +195,12 @@ impl<T: Real> SelfNormLinear<T> {
         const OP: &str = "SelfNormLinear::params_with_grads";
         let d = self.dim();
         crate::error::check_shape(OP, (d, d), (grads.w.nrows(), grads.w.ncols()))?;
-        crate::error::check_shape(OP, (d, d), (grads.r.nrows(), grads.r.ncols()))?;
+        crate::error::check_shape(OP, (d, d), (grads.rt.nrows(), grads.rt.ncols()))?;
         if self.b.is_some() != grads.b.is_some() {
             return Err(Error::InvalidArgument { op: OP, reason: "bias presence differs".into() });
         }
         let b = self.b.as_mut().zip(grads.b.as_ref()).map(|(p, g)| (p.as_mut(), g.as_ref()));
-        Ok([Some((self.w.as_mut(), grads.w.as_ref())), Some((self.r.as_mut(), grads.r.as_ref())), b]
+        Ok([Some((self.w.as_mut(), grads.w.as_ref())), Some((self.rt.as_mut(), grads.rt.as_ref())), b]
             .into_iter()
             .flatten())
     }
