@@ -157,7 +157,7 @@ impl<T: Real> SelfNormLinear<T> {
         let u = ws.u.as_ref().subcols(0, b);
         let mut e = ws.e.as_mut().subcols_mut(0, b);
         let mut t = ws.t.as_mut().subcols_mut(0, b);
-        let ex = ws.exact.as_mut().ok_or(Error::InvalidArgument { op: OP, reason: "no exact buffers".into() })?;
+        let ex = ws.exact.as_mut().ok_or_else(|| Error::InvalidArgument { op: OP, reason: "no exact buffers".into() })?;
         let v = ex.v.as_ref().subcols(0, b);
         let (mut dx_f, mut dx_g) = (dx_f, dx_g);
 
