@@ -66,9 +66,9 @@ pub mod real;
 mod util;
 
 pub use error::{Error, Result};
+pub use real::Real;
 
 /// The README's Rust example runs as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-pub use real::Real;

@@ -2,7 +2,6 @@
 
 use faer::{unzip, zip, Mat, MatMut, MatRef};
 
-
 use crate::error::{Error, Result};
 use crate::real::Real;
 
