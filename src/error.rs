@@ -35,6 +35,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A convolution configuration is invalid, or does not meet a requirement of the
+    /// operation (e.g. the self-normalizing gradient of Eq. 15 needs a square
+    /// convolution matrix with $\mathcal T(\mathrm{flip}\,k) = \mathcal T(k)^T$).
+    #[error("{op}: invalid convolution: {reason}")]
+    InvalidConv {
+        /// The operation that rejected the configuration.
+        op: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An input or a result holds NaN or an infinity.
     #[error("{op}: non-finite value (NaN or infinity)")]
     NonFinite {

@@ -56,6 +56,7 @@
 #![deny(missing_docs)]
 #![warn(rustdoc::broken_intra_doc_links)]
 
+pub mod conv;
 pub mod error;
 pub mod exact;
 pub mod grad;

@@ -12,4 +12,20 @@
 //!   $$\ell = -\frac1B \sum_{b=1}^B \Big[\tfrac12 \log p^f_X(x_b) + \tfrac12 \log p^g_X(x_b)
 //!   - \lambda \lVert g(f(x_b)) - x_b \rVert^2\Big].$$
 
+pub mod conv;
 pub mod linear;
+
+/// What a backward pass measured on the batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackwardStats {
+    /// Batch mean of the reconstruction error $\lVert g(f(x)) - x\rVert^2$.
+    pub reconstruction_error: f64,
+}
+
+/// A fresh parameter "stamp": layers take a new one whenever their parameters may have
+/// changed, so caches keyed by it (LU factors, log-dets) can tell they are stale.
+pub(crate) fn next_stamp() -> u64 {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

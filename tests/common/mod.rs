@@ -2,6 +2,8 @@
 //! loss of Eq. 3, and central finite differences.
 #![allow(dead_code)]
 
+pub mod naive_conv;
+
 use faer::{Mat, MatRef};
 use nalgebra::DMatrix;
 use rand::Rng;

@@ -30,6 +30,7 @@ pub use workspace::LinearWorkspace;
 use faer::{Mat, MatMut, MatRef};
 use rand::Rng;
 
+pub use super::BackwardStats;
 use crate::error::{Error, Result};
 use crate::real::Real;
 
@@ -100,12 +101,6 @@ impl<T: Real> LinearGrads<T> {
     }
 }
 
-/// What a backward pass measured on the batch.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackwardStats {
-    /// Batch mean of the reconstruction error $\lVert RWx - x\rVert^2$.
-    pub reconstruction_error: f64,
-}
 
 impl<T: Real> SelfNormLinear<T> {
     /// A `dim x dim` layer initialised as in the paper: $W = I + \epsilon$ with

@@ -1,0 +1,129 @@
+//! Preallocated buffers for the convolutional layer: a training step allocates nothing.
+
+use faer::{Mat, MatMut, MatRef, Par};
+
+use super::SelfNormConv2d;
+use crate::conv::{Conv2d, Conv2dGeometry};
+use crate::error::{Error, Result};
+use crate::exact::Lu;
+use crate::real::Real;
+
+/// Buffers and convolution plans for [`SelfNormConv2d`] passes on batches of up to
+/// `max_batch` examples. Made once per layer; after [`new`](Self::new) (and
+/// [`with_exact`](Self::with_exact) for the exact path) no pass allocates.
+#[derive(Debug)]
+pub struct ConvWorkspace<T: Real> {
+    pub(crate) par: Par,
+    pub(crate) conv_w: Conv2d<T>,
+    pub(crate) conv_r: Conv2d<T>,
+    pub(crate) u: Mat<T>,
+    pub(crate) e: Mat<T>,
+    pub(crate) t: Mat<T>,
+    /// $\mathrm{flip}(r)$ and its resize to $w$'s size; $\mathrm{flip}(w)$ and its resize to $r$'s.
+    pub(crate) flip_r: Mat<T>,
+    pub(crate) flip_r_w: Mat<T>,
+    pub(crate) flip_w: Mat<T>,
+    pub(crate) flip_w_r: Mat<T>,
+    /// Per-channel sums for the bias gradient.
+    pub(crate) chan: Vec<T>,
+    pub(crate) batch: Option<usize>,
+    pub(crate) exact: Option<ConvExact<T>>,
+}
+
+/// The exact path's dense buffers.
+#[derive(Debug)]
+pub(crate) struct ConvExact<T: Real> {
+    /// A dense `D x D` convolution matrix, and a second one for inverses.
+    pub(crate) dense: Mat<T>,
+    pub(crate) inv: Mat<T>,
+    pub(crate) lu_w: Lu<T>,
+    pub(crate) lu_r: Lu<T>,
+    /// The layer stamp each LU was factored for.
+    pub(crate) lu_w_stamp: Option<u64>,
+    pub(crate) lu_r_stamp: Option<u64>,
+    /// $v = \mathcal T(r)^{-1}x_g$ from the last `g_inverse`, and its batch size.
+    pub(crate) v: Mat<T>,
+    pub(crate) g_batch: Option<usize>,
+}
+
+impl<T: Real> ConvWorkspace<T> {
+    /// Buffers for `layer`'s self-normalizing path.
+    pub fn new(layer: &SelfNormConv2d<T>, max_batch: usize, par: Par) -> Self {
+        let (gw, gr) = (layer.geom_w, layer.geom_r);
+        let d = gw.in_len();
+        let kw = gw.kernel_shape();
+        let kr = gr.kernel_shape();
+        Self {
+            par,
+            conv_w: Conv2d::new(gw, par),
+            conv_r: Conv2d::new(gr, par),
+            u: Mat::zeros(d, max_batch),
+            e: Mat::zeros(d, max_batch),
+            t: Mat::zeros(d, max_batch),
+            flip_r: Mat::zeros(kr.0, kr.1),
+            flip_r_w: Mat::zeros(kw.0, kw.1),
+            flip_w: Mat::zeros(kw.0, kw.1),
+            flip_w_r: Mat::zeros(kr.0, kr.1),
+            chan: vec![T::from_f64(0.0); gw.in_channels()],
+            batch: None,
+            exact: None,
+        }
+    }
+
+    /// Also allocate the exact path: two dense `D x D` matrices and two LU workspaces
+    /// (about $4D^2$ scalars), so that the exact passes allocate nothing either.
+    pub fn with_exact(mut self) -> Self {
+        self.ensure_exact();
+        self
+    }
+
+    pub(crate) fn ensure_exact(&mut self) -> &mut ConvExact<T> {
+        let (d, max_batch, par) = (self.dim(), self.max_batch(), self.par);
+        self.exact.get_or_insert_with(|| ConvExact {
+            dense: Mat::zeros(d, d),
+            inv: Mat::zeros(d, d),
+            lu_w: Lu::new(d, max_batch, par),
+            lu_r: Lu::new(d, max_batch, par),
+            lu_w_stamp: None,
+            lu_r_stamp: None,
+            v: Mat::zeros(d, max_batch),
+            g_batch: None,
+        })
+    }
+
+    /// The example dimension $D$.
+    pub fn dim(&self) -> usize {
+        self.u.nrows()
+    }
+    /// The largest batch it holds.
+    pub fn max_batch(&self) -> usize {
+        self.u.ncols()
+    }
+    /// The parallelism.
+    pub fn par(&self) -> Par {
+        self.par
+    }
+
+    pub(crate) fn geometries(&self) -> (&Conv2dGeometry, &Conv2dGeometry) {
+        (self.conv_w.geometry(), self.conv_r.geometry())
+    }
+
+    /// Check a `D x B` batch and return `B`.
+    pub(crate) fn check_batch(&self, op: &'static str, a: MatRef<'_, T>) -> Result<usize> {
+        let (d, b) = (self.dim(), a.ncols());
+        if a.nrows() != d {
+            return Err(Error::ShapeMismatch { op, expected: (d, b), got: (a.nrows(), b) });
+        }
+        if b == 0 || b > self.max_batch() {
+            return Err(Error::InvalidArgument {
+                op,
+                reason: format!("batch of {b} columns; this workspace holds 1..={}", self.max_batch()),
+            });
+        }
+        Ok(b)
+    }
+
+    pub(crate) fn check_out(op: &'static str, out: &MatMut<'_, T>, d: usize, b: usize) -> Result<()> {
+        crate::error::check_shape(op, (d, b), (out.nrows(), out.ncols()))
+    }
+}
