@@ -9,6 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use faer::{Mat, Par};
+use snf::layers::conv::{ConvWorkspace, SelfNormConv2d, SelfNormConv2dConfig};
 use snf::layers::linear::{ExactLinear, ExactLinearWorkspace, LinearWorkspace, SelfNormLinear};
 use snf::optim::{Adam, AdamConfig};
 
@@ -47,6 +48,15 @@ fn steps(par: Par) -> (usize, usize) {
     let cfg = AdamConfig { lr: 1e-3, ..Default::default() };
     let mut adam = Adam::new(cfg, g.blocks().map(|m| (m.nrows(), m.ncols()))).unwrap();
     let mut eadam = Adam::new(cfg, [(d, d), (d, 1)]).unwrap();
+    // per-thread GEMM packing buffers: see conv_steps
+    rayon::broadcast(|_| {
+        let l = layer.clone();
+        let mut ws = LinearWorkspace::new(d, b, Par::Seq);
+        let (mut z, mut dx) = (Mat::zeros(d, b), Mat::zeros(d, b));
+        let mut g = l.zero_grads();
+        l.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
+        l.backward(x.as_ref(), z.as_ref(), dx.as_mut(), &mut g, &mut ws, 1.0).unwrap();
+    });
     let mut snf_steps = |n: usize| {
         for _ in 0..n {
             layer.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
@@ -55,7 +65,9 @@ fn steps(par: Par) -> (usize, usize) {
             adam.step(layer.params_with_grads(&g).unwrap()).unwrap();
         }
     };
-    snf_steps(2); // warm-up: lazily initialised thread-locals in faer/gemm/rayon
+    // warm-up: lazily initialised thread-locals in faer/gemm/rayon, on every worker
+    // thread that work stealing may hand a block to (hence several steps)
+    snf_steps(20);
     let before = ALLOCS.load(Ordering::SeqCst);
     snf_steps(5);
     let snf = ALLOCS.load(Ordering::SeqCst) - before;
@@ -67,20 +79,66 @@ fn steps(par: Par) -> (usize, usize) {
             eadam.step(base.params_with_grads(&eg)).unwrap();
         }
     };
-    exact_steps(2);
+    exact_steps(20);
     let before = ALLOCS.load(Ordering::SeqCst);
     exact_steps(5);
     (snf, ALLOCS.load(Ordering::SeqCst) - before)
 }
 
+/// Allocations in 5 SNF conv-layer steps (forward, backward, Adam) at an MNIST shape.
+fn conv_steps(par: Par) -> usize {
+    let cfg = SelfNormConv2dConfig::new(4, [14, 14], 3).with_inverse_kernel([5, 5]);
+    let mut layer = SelfNormConv2d::<f32>::new(cfg, &mut snf::init::rng(4)).unwrap();
+    let (d, b) = (layer.dim(), 16);
+    let x = Mat::<f32>::from_fn(d, b, |i, j| ((i * 5 + j * 3) % 13) as f32 / 13.0 - 0.5);
+    let mut ws = ConvWorkspace::new(&layer, b, par);
+    let (mut z, mut dz, mut dx) = (Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b));
+    let mut g = layer.zero_grads();
+    let mut adam = Adam::new(AdamConfig { lr: 1e-3, ..Default::default() }, g.blocks().map(|m| (m.nrows(), m.ncols()))).unwrap();
+    // faer's GEMM kernels keep one lazily allocated packing buffer per thread; make every
+    // rayon worker allocate its own now (the step itself then never allocates), instead of
+    // hoping work stealing hands each worker a block during the warm-up steps.
+    rayon::broadcast(|_| {
+        let l = layer.clone();
+        let mut ws = ConvWorkspace::new(&l, b, Par::Seq);
+        let (mut z, mut dx) = (Mat::zeros(d, b), Mat::zeros(d, b));
+        let mut g = l.zero_grads();
+        l.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
+        l.backward(x.as_ref(), z.as_ref(), dx.as_mut(), &mut g, &mut ws, 1.0).unwrap();
+    });
+    let mut run = |n: usize| {
+        for _ in 0..n {
+            layer.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
+            faer::zip!(dz.as_mut(), z.as_ref()).for_each(|faer::unzip!(dz, z)| *dz = -*z);
+            layer.backward(x.as_ref(), dz.as_ref(), dx.as_mut(), &mut g, &mut ws, 1.0).unwrap();
+            adam.step(layer.params_with_grads(&g).unwrap()).unwrap();
+        }
+    };
+    run(20);
+    let before = ALLOCS.load(Ordering::SeqCst);
+    run(5);
+    ALLOCS.load(Ordering::SeqCst) - before
+}
+
 #[test]
 fn a_training_step_allocates_nothing() {
+    // the conv layer: im2col buffers and partial kernel gradients live in the workspace,
+    // one set per batch chunk; chunks run with rayon::join (jobs on the stack)
+    assert_eq!(conv_steps(Par::Seq), 0, "sequential SNF conv steps allocated");
+    // Parallel runs happen inside a rayon pool, as a training loop would run: there
+    // `rayon::join` pushes onto the worker's own deque. (Called from a thread outside the
+    // pool, every join goes through rayon's global injector queue, which allocates one
+    // 63-slot block per 63 jobs: rayon's cost, not the step's.)
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let n = pool.install(|| conv_steps(Par::rayon(2)));
+    assert_eq!(n, 0, "parallel SNF conv steps allocated {n} times");
+
     let (snf, exact) = steps(Par::Seq);
     assert_eq!(snf, 0, "sequential SNF steps allocated");
     assert_eq!(exact, 0, "sequential exact-baseline steps allocated");
     // The SNF step parallelises its products itself (util::gemm: rayon::join over column
     // blocks, jobs on the stack), so it stays allocation-free on several threads.
-    let (snf, exact) = steps(Par::rayon(2));
+    let (snf, exact) = pool.install(|| steps(Par::rayon(2)));
     assert_eq!(snf, 0, "parallel SNF steps allocated {snf} times");
     // The exact baseline's parallel LU is faer's, which allocates task buffers
     // internally; that is reported, not asserted (docs/benchmarks.md).
