@@ -33,6 +33,23 @@ fn any_spec() -> impl Strategy<Value = Conv2dSpec> {
         })
 }
 
+/// With `same`, turn `spec` into a self-transposing geometry (odd kernel, stride 1, 'same'
+/// padding, C_in = C_out): the fast paths (flat-shift im2col, input gradient as a
+/// forward convolution with the flipped kernel) run only there.
+fn maybe_same(spec: Conv2dSpec, same: bool) -> Conv2dSpec {
+    if !same {
+        return spec;
+    }
+    let kernel = [spec.kernel[0] | 1, spec.kernel[1] | 1];
+    Conv2dSpec {
+        out_channels: spec.in_channels,
+        kernel,
+        stride: [1, 1],
+        padding: [spec.dilation[0] * (kernel[0] - 1) / 2, spec.dilation[1] * (kernel[1] - 1) / 2],
+        ..spec
+    }
+}
+
 fn kernel(geom: &Conv2dGeometry, seed: u64) -> Mat<f64> {
     let (r, c) = geom.kernel_shape();
     gaussian(r, c, 1.0, &mut rng(seed))
@@ -50,8 +67,8 @@ proptest! {
     /// forward == naive oracle, and the dense T(k) == the oracle's matrix (built column
     /// by column from unit vectors) entry for entry, and T(k) x == forward.
     #[test]
-    fn forward_and_matrix_match_the_oracle(spec in any_spec(), b in 0usize..4, seed in 0u64..1000) {
-        let Ok(geom) = Conv2dGeometry::new(spec) else { return Err(TestCaseError::reject("invalid")) };
+    fn forward_and_matrix_match_the_oracle(spec in any_spec(), b in 0usize..4, seed in 0u64..1000, same in any::<bool>()) {
+        let Ok(geom) = Conv2dGeometry::new(maybe_same(spec, same)) else { return Err(TestCaseError::reject("invalid")) };
         let k = kernel(&geom, seed);
         let x = gaussian(geom.in_len(), b, 1.0, &mut rng(seed + 1));
         for par in [Par::Seq, Par::rayon(3)] {
@@ -70,8 +87,8 @@ proptest! {
     /// and Add, sequential and batch-parallel; P checked against its definition
     /// <P(A), k> = <A, T(k)>.
     #[test]
-    fn gradients_match_the_explicit_matrix(spec in any_spec(), b in 0usize..4, seed in 0u64..1000) {
-        let Ok(geom) = Conv2dGeometry::new(spec) else { return Err(TestCaseError::reject("invalid")) };
+    fn gradients_match_the_explicit_matrix(spec in any_spec(), b in 0usize..4, seed in 0u64..1000, same in any::<bool>()) {
+        let Ok(geom) = Conv2dGeometry::new(maybe_same(spec, same)) else { return Err(TestCaseError::reject("invalid")) };
         let k = kernel(&geom, seed);
         let x = gaussian(geom.in_len(), b, 1.0, &mut rng(seed + 1));
         let dz = gaussian(geom.out_len(), b, 1.0, &mut rng(seed + 2));
@@ -117,8 +134,8 @@ proptest! {
     /// of each kernel element's occurrences in the explicit matrix, built by the oracle
     /// with distinct labels k_i = i + 1; and equals P(1).
     #[test]
-    fn multiplicity_counts_occurrences(spec in any_spec()) {
-        let Ok(geom) = Conv2dGeometry::new(spec) else { return Err(TestCaseError::reject("invalid")) };
+    fn multiplicity_counts_occurrences(spec in any_spec(), same in any::<bool>()) {
+        let Ok(geom) = Conv2dGeometry::new(maybe_same(spec, same)) else { return Err(TestCaseError::reject("invalid")) };
         let (kr, kc) = geom.kernel_shape();
         let labels = Mat::from_fn(kr, kc, |r, c| (c * kr + r + 1) as f64);
         let t = naive_conv::matrix(&geom, labels.as_ref());
@@ -147,13 +164,7 @@ proptest! {
     /// geometry whose transpose exists; G' == G for 'same' channel-preserving ones.
     #[test]
     fn flip_is_the_transpose(spec in any_spec(), seed in 0u64..1000, same in any::<bool>()) {
-        let mut spec = Conv2dSpec { stride: [1, 1], ..spec };
-        if same {
-            // force a self-transposing geometry: odd kernel, 'same' padding, C_in = C_out
-            spec.kernel = [spec.kernel[0] | 1, spec.kernel[1] | 1];
-            spec.padding = [spec.dilation[0] * (spec.kernel[0] - 1) / 2, spec.dilation[1] * (spec.kernel[1] - 1) / 2];
-            spec.out_channels = spec.in_channels;
-        }
+        let spec = maybe_same(Conv2dSpec { stride: [1, 1], ..spec }, same);
         let Ok(geom) = Conv2dGeometry::new(spec) else { return Err(TestCaseError::reject("invalid")) };
         let Ok(tgeom) = geom.transpose() else {
             // only p > d(K-1) may fail here
@@ -304,4 +315,42 @@ fn dirac_is_the_identity() {
     let mut z = Mat::zeros(geom.out_len(), 3);
     Conv2d::new(geom, Par::Seq).forward(k.as_ref(), x.as_ref(), z.as_mut()).unwrap();
     assert_eq!(z, x);
+}
+
+/// Batches larger than one im2col block (here 7 examples per block) and split over
+/// several chunks: forward against the oracle, input and kernel gradients through the
+/// adjoint identities <dz, T(k)x> = <T(k)^T dz, x> = <P(dz x^T), k> (bilinear, so a wrong
+/// block or chunk boundary shows up as an O(1) discrepancy), on both the fast
+/// (self-transposing) and the general paths.
+#[test]
+fn blocks_and_chunks_cover_large_batches() {
+    for spec in [Conv2dSpec::same(8, [16, 16], [3, 3]), Conv2dSpec::new(8, 6, [16, 16], [3, 3]).with_padding([1, 0])] {
+        let geom = Conv2dGeometry::new(spec).unwrap();
+        let b = 17;
+        let k = kernel(&geom, 11);
+        let k2 = kernel(&geom, 12);
+        let x = gaussian(geom.in_len(), b, 1.0, &mut rng(13));
+        let dz = gaussian(geom.out_len(), b, 1.0, &mut rng(14));
+        let want_z = naive_conv::conv_batch(&geom, k.as_ref(), x.as_ref());
+        let dot = |a: MatRef<'_, f64>, c: MatRef<'_, f64>| -> f64 {
+            (0..a.ncols()).map(|j| (0..a.nrows()).map(|i| a[(i, j)] * c[(i, j)]).sum::<f64>()).sum()
+        };
+        let z2 = naive_conv::conv_batch(&geom, k2.as_ref(), x.as_ref());
+        for par in [Par::Seq, Par::rayon(3)] {
+            let mut conv = Conv2d::new(geom, par);
+            let mut z = Mat::zeros(geom.out_len(), b);
+            conv.forward(k.as_ref(), x.as_ref(), z.as_mut()).unwrap();
+            assert!(max_abs_diff(z.as_ref(), want_z.as_ref()) < 1e-12);
+            let mut dx = Mat::zeros(geom.in_len(), b);
+            conv.input_grad(k.as_ref(), dz.as_ref(), dx.as_mut(), 1.0, Accum::Replace).unwrap();
+            let (l, r) = (dot(dz.as_ref(), z.as_ref()), dot(dx.as_ref(), x.as_ref()));
+            // sums of ~3e4 O(1) terms: rounding ~1e-11 relative to |terms| ~ 1e3
+            assert!((l - r).abs() < 1e-9 * (1.0 + l.abs()), "<dz, Tx> {l} vs <T^T dz, x> {r}");
+            let (kr, kc) = geom.kernel_shape();
+            let mut dk = Mat::zeros(kr, kc);
+            conv.weight_grad(x.as_ref(), dz.as_ref(), dk.as_mut(), 1.0, Accum::Replace).unwrap();
+            let (l, r) = (dot(dz.as_ref(), z2.as_ref()), dot(dk.as_ref(), k2.as_ref()));
+            assert!((l - r).abs() < 1e-9 * (1.0 + l.abs()), "<dz, T(k2)x> {l} vs <P(dz x^T), k2> {r}");
+        }
+    }
 }

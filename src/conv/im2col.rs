@@ -20,14 +20,75 @@ pub(crate) fn valid_range(out: usize, n: usize, s: usize, p: usize, kd: usize) -
     (lo.min(hi), hi)
 }
 
-/// Fill `cols` (`P x taps`) with the im2col matrix of group `g` of the example `x`
-/// (length `C_in * H * W`).
-pub(crate) fn im2col<T: Real>(geom: &Conv2dGeometry, x: &[T], g: usize, cols: &mut Mat<T>) {
+/// True when the output grid equals the input grid at stride 1 ("same" padding), so each
+/// im2col column is the input channel shifted by a constant flat offset.
+pub(crate) fn is_flat_shift(geom: &Conv2dGeometry) -> bool {
+    geom.spec().stride == [1, 1] && geom.out_size() == geom.in_size()
+}
+
+/// im2col of a whole block of `nb` examples at once, for [flat-shift](is_flat_shift)
+/// geometries. `xs` holds the block *stacked*: column `c` is input channel `c` of the
+/// examples one after the other (`nb * H * W` rows). Column $(i, a, b)$ of `cols` is then
+/// one flat shift of stacked channel $gC_g + i$ by $\Delta = (a d_h - p_h)W + (b d_w - p_w)$:
+/// a single copy for the whole block, after which the rows and columns that fall outside
+/// each image (where the shift wrapped into a neighbouring row or example) are zeroed.
+pub(crate) fn im2col_stacked<T: Real>(geom: &Conv2dGeometry, xs: &Mat<T>, nb: usize, g: usize, cols: &mut Mat<T>) {
+    let s = geom.spec();
+    let [h, w] = s.input;
+    let [kh, kw] = s.kernel;
+    let cg = geom.in_per_group();
+    let p = h * w;
+    let n = nb * p;
+    let zero = T::from_f64(0.0);
+    for i in 0..cg {
+        let src = &xs.col_as_slice(g * cg + i)[..n];
+        for a in 0..kh {
+            let (y_lo, y_hi) = valid_range(h, h, 1, s.padding[0], a * s.dilation[0]);
+            for b in 0..kw {
+                let (x_lo, x_hi) = valid_range(w, w, 1, s.padding[1], b * s.dilation[1]);
+                let dst = &mut cols.col_as_slice_mut((i * kh + a) * kw + b)[..n];
+                if y_lo >= y_hi || x_lo >= x_hi {
+                    dst.fill(zero);
+                    continue;
+                }
+                // shift = (a d - p) W + (b d - p), split into its non-negative parts
+                let up = (a * s.dilation[0]) * w + b * s.dilation[1];
+                let down = s.padding[0] * w + s.padding[1];
+                if up >= down {
+                    let sh = (up - down).min(n);
+                    dst[..n - sh].copy_from_slice(&src[sh..]);
+                    dst[n - sh..].fill(zero);
+                } else {
+                    let sh = (down - up).min(n);
+                    dst[sh..].copy_from_slice(&src[..n - sh]);
+                    dst[..sh].fill(zero);
+                }
+                for e in 0..nb {
+                    let img = &mut dst[e * p..(e + 1) * p];
+                    img[..y_lo * w].fill(zero);
+                    img[y_hi * w..].fill(zero);
+                    // border columns: strided stores, a few per row
+                    for x in (0..x_lo).chain(x_hi..w) {
+                        for y in y_lo..y_hi {
+                            img[y * w + x] = zero;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Write the im2col block of group `g` of the example `x` (length `C_in * H * W`) into
+/// rows `row0 .. row0 + P` of `cols` (`n x taps`, `n >= row0 + P`): the general path,
+/// one copy per output row (see [`im2col_stacked`] for the "same" stride-1 fast path).
+pub(crate) fn im2col<T: Real>(geom: &Conv2dGeometry, x: &[T], g: usize, cols: &mut Mat<T>, row0: usize) {
     let s = geom.spec();
     let [h_in, w_in] = s.input;
     let [oh, ow] = geom.out_size();
     let [kh, kw] = s.kernel;
     let cg = geom.in_per_group();
+    let p = oh * ow;
     let zero = T::from_f64(0.0);
     for i in 0..cg {
         let chan = &x[(g * cg + i) * h_in * w_in..][..h_in * w_in];
@@ -35,10 +96,14 @@ pub(crate) fn im2col<T: Real>(geom: &Conv2dGeometry, x: &[T], g: usize, cols: &m
             let (y_lo, y_hi) = valid_range(oh, h_in, s.stride[0], s.padding[0], a * s.dilation[0]);
             for b in 0..kw {
                 let (x_lo, x_hi) = valid_range(ow, w_in, s.stride[1], s.padding[1], b * s.dilation[1]);
-                let col = cols.col_as_slice_mut((i * kh + a) * kw + b);
+                let col = &mut cols.col_as_slice_mut((i * kh + a) * kw + b)[row0..row0 + p];
+                if y_lo >= y_hi || x_lo >= x_hi {
+                    col.fill(zero);
+                    continue;
+                }
                 for y in 0..oh {
                     let row = &mut col[y * ow..][..ow];
-                    if y < y_lo || y >= y_hi || x_lo >= x_hi {
+                    if y < y_lo || y >= y_hi {
                         row.fill(zero);
                         continue;
                     }
@@ -60,9 +125,9 @@ pub(crate) fn im2col<T: Real>(geom: &Conv2dGeometry, x: &[T], g: usize, cols: &m
     }
 }
 
-/// The adjoint of [`im2col`]: add every entry of `cols` (`P x taps`) into the input pixel
-/// of group `g` of `dx` it was read from.
-pub(crate) fn col2im_add<T: Real>(geom: &Conv2dGeometry, cols: &Mat<T>, g: usize, dx: &mut [T]) {
+/// The adjoint of [`im2col`]: add every entry of rows `row0 .. row0 + P` of `cols`
+/// (`n x taps`) into the input pixel of group `g` of `dx` it was read from.
+pub(crate) fn col2im_add<T: Real>(geom: &Conv2dGeometry, cols: &Mat<T>, row0: usize, g: usize, dx: &mut [T]) {
     let s = geom.spec();
     let [h_in, w_in] = s.input;
     let [oh, ow] = geom.out_size();
@@ -77,7 +142,7 @@ pub(crate) fn col2im_add<T: Real>(geom: &Conv2dGeometry, cols: &Mat<T>, g: usize
                 if x_lo >= x_hi {
                     continue;
                 }
-                let col = cols.col_as_slice((i * kh + a) * kw + b);
+                let col = &cols.col_as_slice((i * kh + a) * kw + b)[row0..];
                 for y in y_lo..y_hi {
                     let iy = y * s.stride[0] + a * s.dilation[0] - s.padding[0];
                     let dst = &mut chan[iy * w_in..][..w_in];

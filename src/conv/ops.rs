@@ -3,7 +3,7 @@
 use faer::reborrow::ReborrowMut;
 use faer::{Accum, ContiguousFwd, Mat, MatMut, MatRef, Par};
 
-use super::im2col::{col2im_add, im2col};
+use super::im2col::{col2im_add, im2col, im2col_stacked, is_flat_shift};
 use super::Conv2dGeometry;
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
@@ -28,10 +28,16 @@ type BatchMut<'a, T> = MatMut<'a, T, usize, usize, ContiguousFwd>;
 /// kernel element occupies in $\mathcal T$ ([`project_onto_kernel`](super::project_onto_kernel)),
 /// so `weight_grad` is the gradient of $\sum_b dZ_b^T\mathcal T(k)X_b$ with respect to $k$.
 ///
-/// Each example is lowered with im2col to a `P x (C_g KH KW)` matrix per group and
-/// multiplied by that group's kernel columns with faer's GEMM; the batch is split into
-/// `par.degree()` contiguous chunks run with `rayon::join`, each with its own scratch
-/// (and, for `weight_grad`, its own partial kernel gradient, summed at the end).
+/// **Scheme.** The batch is split into `par.degree()` contiguous chunks run with
+/// `rayon::join`, each with its own scratch. A chunk is processed in blocks of $n_b$
+/// examples ($n_b P\cdot C_gK_HK_W \approx 2^{17}$ scalars): im2col stacks the block into
+/// one `n_b P x (C_g KH KW)` matrix per group, so each operation is **one** GEMM per group
+/// and block (with $n_bP$ rows: large enough for faer's kernels even at 7x7 images), not
+/// one small GEMM per example. For stride 1 with output size = input size ("same"), each
+/// im2col column is a flat shift of an input channel (one `memcpy` plus border zeroing),
+/// and when $\mathcal T(\mathrm{flip}\,k) = \mathcal T(k)^T$ the input gradient is a forward
+/// convolution with the flipped kernel, so no col2im scatter is needed. The kernel
+/// gradient sums per-chunk partials at the end.
 ///
 /// # Example
 /// ```
@@ -52,25 +58,40 @@ type BatchMut<'a, T> = MatMut<'a, T, usize, usize, ContiguousFwd>;
 pub struct Conv2d<T: Real> {
     geom: Conv2dGeometry,
     par: Par,
+    /// Examples per im2col block.
+    block: usize,
     chunks: Vec<Chunk<T>>,
+    /// flip(k), for input gradients of self-transposing geometries.
+    flipped: Option<Mat<T>>,
 }
 
 #[derive(Debug, Clone)]
 struct Chunk<T: Real> {
-    /// im2col (or its gradient) of one example and group, `P x taps`.
+    /// im2col (or its gradient) of a block of examples and one group, `n_b P x taps`.
     cols: Mat<T>,
+    /// A block of outputs / output gradients stacked as `n_b P x C_out`.
+    stacked: Mat<T>,
+    /// A block of inputs stacked as `n_b HW x C_in` (flat-shift geometries only, else empty).
+    xs: Mat<T>,
     /// This chunk's partial kernel gradient.
     dk: Mat<T>,
 }
 
+/// Target size (scalars) of one im2col block.
+const BLOCK_ELEMS: usize = 1 << 17;
+
 impl<T: Real> Conv2d<T> {
-    /// Allocate the scratch for `geom`: `par.degree()` chunks of one `P x (C_g KH KW)`
-    /// im2col buffer and one kernel-sized accumulator each.
+    /// Allocate the scratch for `geom`: per chunk (`par.degree()` of them) one im2col
+    /// block, one stacked output block and one kernel-sized accumulator.
     pub fn new(geom: Conv2dGeometry, par: Par) -> Self {
         let n = par.degree().max(1);
         let (kr, kc) = geom.kernel_shape();
-        let chunk = Chunk { cols: Mat::zeros(geom.out_positions(), geom.taps()), dk: Mat::zeros(kr, kc) };
-        Self { geom, par, chunks: vec![chunk; n] }
+        let p = geom.out_positions();
+        let block = (BLOCK_ELEMS / (p * geom.taps()).max(1)).max(1);
+        let xs = if is_flat_shift(&geom) { Mat::zeros(block * p, geom.in_channels()) } else { Mat::zeros(0, 0) };
+        let chunk = Chunk { cols: Mat::zeros(block * p, kr), stacked: Mat::zeros(block * p, kc), xs, dk: Mat::zeros(kr, kc) };
+        let flipped = geom.is_self_transpose().then(|| Mat::zeros(kr, kc));
+        Self { geom, par, block, chunks: vec![chunk; n], flipped }
     }
 
     /// The geometry.
@@ -99,17 +120,7 @@ impl<T: Real> Conv2d<T> {
         check_shape(OP, (self.geom.out_len(), b), (z.nrows(), z.ncols()))?;
         let x = contiguous(OP, x)?;
         let z = contiguous_mut(OP, z)?;
-        let geom = &self.geom;
-        for_chunks((x, z), &mut self.chunks, &|(x, mut z): (BatchRef<'_, T>, BatchMut<'_, T>), c: &mut Chunk<T>| {
-            let (p, og) = (geom.out_positions(), geom.out_per_group());
-            for j in 0..x.ncols() {
-                let mut zt = MatMut::from_column_major_slice_mut(z.rb_mut().col_mut(j).as_slice_mut(), p, geom.out_channels());
-                for g in 0..geom.groups() {
-                    im2col(geom, x.col(j).as_slice(), g, &mut c.cols);
-                    gemm(zt.rb_mut().subcols_mut(g * og, og), Accum::Replace, c.cols.as_ref(), k.subcols(g * og, og), T::from_f64(1.0));
-                }
-            }
-        });
+        forward_impl(&self.geom, self.block, &mut self.chunks, k, x, z, T::from_f64(1.0), Accum::Replace);
         Ok(())
     }
 
@@ -134,19 +145,39 @@ impl<T: Real> Conv2d<T> {
         let dz = contiguous(OP, dz)?;
         let dx = contiguous_mut(OP, dx)?;
         let geom = &self.geom;
+        if let Some(fk) = self.flipped.as_mut() {
+            // T(k)^T = T(flip k) in this very geometry: a forward convolution.
+            super::flip_into(geom, k, fk.as_mut())?;
+            forward_impl(geom, self.block, &mut self.chunks, fk.as_ref(), dz, dx, alpha, accum);
+            return Ok(());
+        }
+        let block = self.block;
         for_chunks((dz, dx), &mut self.chunks, &|(dz, mut dx): (BatchRef<'_, T>, BatchMut<'_, T>), c: &mut Chunk<T>| {
             let (p, og) = (geom.out_positions(), geom.out_per_group());
-            for j in 0..dz.ncols() {
-                let dzt = MatRef::from_column_major_slice(dz.col(j).as_slice(), p, geom.out_channels());
-                let dxj = dx.rb_mut().col_mut(j).as_slice_mut();
-                if matches!(accum, Accum::Replace) {
-                    dxj.fill(T::from_f64(0.0));
+            let mut j0 = 0;
+            while j0 < dz.ncols() {
+                let nb = block.min(dz.ncols() - j0);
+                stack(dz, j0, nb, p, &mut c.stacked);
+                for j in j0..j0 + nb {
+                    if matches!(accum, Accum::Replace) {
+                        dx.rb_mut().col_mut(j).as_slice_mut().fill(T::from_f64(0.0));
+                    }
                 }
                 for g in 0..geom.groups() {
-                    // d(cols) = dZ^T_g k_g^T, then scatter it back through im2col's adjoint
-                    gemm(c.cols.as_mut(), Accum::Replace, dzt.subcols(g * og, og), k.subcols(g * og, og).transpose(), alpha);
-                    col2im_add(geom, &c.cols, g, dxj);
+                    // d(cols) = dZ_g k_g^T for the whole block, then im2col's adjoint per example
+                    let rows = nb * p;
+                    gemm(
+                        c.cols.as_mut().subrows_mut(0, rows),
+                        Accum::Replace,
+                        c.stacked.as_ref().subrows(0, rows).subcols(g * og, og),
+                        k.subcols(g * og, og).transpose(),
+                        alpha,
+                    );
+                    for (e, j) in (j0..j0 + nb).enumerate() {
+                        col2im_add(geom, &c.cols, e * p, g, dx.rb_mut().col_mut(j).as_slice_mut());
+                    }
                 }
+                j0 += nb;
             }
         });
         Ok(())
@@ -174,15 +205,30 @@ impl<T: Real> Conv2d<T> {
         let x = contiguous(OP, x)?;
         let dz = contiguous(OP, dz)?;
         let geom = &self.geom;
+        let block = self.block;
+        let flat = is_flat_shift(geom);
         let used = for_chunks((x, dz), &mut self.chunks, &|(x, dz): (BatchRef<'_, T>, BatchRef<'_, T>), c: &mut Chunk<T>| {
             let (p, og) = (geom.out_positions(), geom.out_per_group());
             c.dk.fill(T::from_f64(0.0));
-            for j in 0..x.ncols() {
-                let dzt = MatRef::from_column_major_slice(dz.col(j).as_slice(), p, geom.out_channels());
-                for g in 0..geom.groups() {
-                    im2col(geom, x.col(j).as_slice(), g, &mut c.cols);
-                    gemm(c.dk.as_mut().subcols_mut(g * og, og), Accum::Add, c.cols.as_ref().transpose(), dzt.subcols(g * og, og), T::from_f64(1.0));
+            let mut j0 = 0;
+            while j0 < x.ncols() {
+                let nb = block.min(x.ncols() - j0);
+                let rows = nb * p;
+                stack(dz, j0, nb, p, &mut c.stacked);
+                if flat {
+                    stack(x, j0, nb, p, &mut c.xs);
                 }
+                for g in 0..geom.groups() {
+                    lower(geom, flat, x, j0, nb, g, c);
+                    gemm(
+                        c.dk.as_mut().subcols_mut(g * og, og),
+                        Accum::Add,
+                        c.cols.as_ref().subrows(0, rows).transpose(),
+                        c.stacked.as_ref().subrows(0, rows).subcols(g * og, og),
+                        T::from_f64(1.0),
+                    );
+                }
+                j0 += nb;
             }
         });
         let mut dk = dk;
@@ -193,6 +239,79 @@ impl<T: Real> Conv2d<T> {
             });
         }
         Ok(())
+    }
+}
+
+/// `z = accum(z) + alpha * T(k) x` over all chunks and blocks.
+#[allow(clippy::too_many_arguments)]
+fn forward_impl<T: Real>(
+    geom: &Conv2dGeometry,
+    block: usize,
+    chunks: &mut [Chunk<T>],
+    k: MatRef<'_, T>,
+    x: BatchRef<'_, T>,
+    z: BatchMut<'_, T>,
+    alpha: T,
+    accum: Accum,
+) {
+    let flat = is_flat_shift(geom);
+    for_chunks((x, z), chunks, &|(x, mut z): (BatchRef<'_, T>, BatchMut<'_, T>), c: &mut Chunk<T>| {
+        let (p, og) = (geom.out_positions(), geom.out_per_group());
+        let mut j0 = 0;
+        while j0 < x.ncols() {
+            let nb = block.min(x.ncols() - j0);
+            let rows = nb * p;
+            if flat {
+                stack(x, j0, nb, p, &mut c.xs);
+            }
+            for g in 0..geom.groups() {
+                lower(geom, flat, x, j0, nb, g, c);
+                gemm(
+                    c.stacked.as_mut().subrows_mut(0, rows).subcols_mut(g * og, og),
+                    Accum::Replace,
+                    c.cols.as_ref().subrows(0, rows),
+                    k.subcols(g * og, og),
+                    T::from_f64(1.0),
+                );
+            }
+            // unstack: example e, channel o is rows e*P.. of column o
+            for e in 0..nb {
+                let zj = z.rb_mut().col_mut(j0 + e).as_slice_mut();
+                for o in 0..geom.out_channels() {
+                    let src = &c.stacked.col_as_slice(o)[e * p..(e + 1) * p];
+                    let dst = &mut zj[o * p..(o + 1) * p];
+                    match accum {
+                        Accum::Replace => dst.iter_mut().zip(src).for_each(|(d, s)| *d = alpha * *s),
+                        Accum::Add => dst.iter_mut().zip(src).for_each(|(d, s)| *d = *d + alpha * *s),
+                    }
+                }
+            }
+            j0 += nb;
+        }
+    });
+}
+
+/// im2col of examples `j0 .. j0 + nb` of `x`, group `g`, into `c.cols` (from the stacked
+/// block `c.xs` on flat-shift geometries, which `stack` must have filled).
+fn lower<T: Real>(geom: &Conv2dGeometry, flat: bool, x: BatchRef<'_, T>, j0: usize, nb: usize, g: usize, c: &mut Chunk<T>) {
+    if flat {
+        im2col_stacked(geom, &c.xs, nb, g, &mut c.cols);
+    } else {
+        let p = geom.out_positions();
+        for e in 0..nb {
+            im2col(geom, x.col(j0 + e).as_slice(), g, &mut c.cols, e * p);
+        }
+    }
+}
+
+/// Copy examples `j0 .. j0 + nb` of `a` (each a `P x C` column-major block) into the rows
+/// `0 .. nb * P` of `stacked` (`n x C`).
+fn stack<T: Real>(a: BatchRef<'_, T>, j0: usize, nb: usize, p: usize, stacked: &mut Mat<T>) {
+    for o in 0..stacked.ncols() {
+        let dst = stacked.col_as_slice_mut(o);
+        for e in 0..nb {
+            dst[e * p..(e + 1) * p].copy_from_slice(&a.col(j0 + e).as_slice()[o * p..(o + 1) * p]);
+        }
     }
 }
 

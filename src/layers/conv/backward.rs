@@ -12,6 +12,7 @@ use crate::conv::{flip_into, project_onto_kernel, resize_centered_into};
 use crate::error::{check_shape, Error, Result};
 use crate::layers::BackwardStats;
 use crate::real::Real;
+use crate::util::par_cols;
 
 impl<T: Real> SelfNormConv2d<T> {
     fn check_after_forward(&self, op: &'static str, x: MatRef<'_, T>, ws: &ConvWorkspace<T>) -> Result<usize> {
@@ -71,6 +72,7 @@ impl<T: Real> SelfNormConv2d<T> {
         let two_lambda = T::from_f64(2.0) * lambda;
         self.surrogates(ws)?;
         let hw = self.pixels();
+        let ws_par = ws.par;
         let ConvWorkspace { conv_w, conv_r, u, e, t, flip_r_w, flip_w_r, chan, .. } = ws;
         let u = u.as_ref().subcols(0, b);
         let mut e = e.as_mut().subcols_mut(0, b);
@@ -82,14 +84,18 @@ impl<T: Real> SelfNormConv2d<T> {
         // e = r * u - x
         let recon = self.residual(x, u, e.rb_mut(), conv_r)?;
         // t = -1/2 delta_z + 2 lambda T(r)^T e
-        zip!(t.rb_mut(), dz).for_each(|unzip!(t, dz)| *t = -half * *dz);
+        par_cols((t.rb_mut(), dz), ws_par, &|(t, dz): (MatMut<'_, T>, MatRef<'_, T>)| {
+            zip!(t, dz).for_each(|unzip!(t, dz)| *t = -half * *dz)
+        });
         conv_r.input_grad(self.r.as_ref(), e.rb(), t.rb_mut(), two_lambda, Accum::Add)?;
         // dw = (1/B) P_w(t x^T) - 1/2 rs(flip r) . m_w
         conv_w.weight_grad(x, t.rb(), grads.w.as_mut(), inv_b, Accum::Replace)?;
         zip!(grads.w.as_mut(), flip_r_w.as_ref(), self.m_w.as_ref())
             .for_each(|unzip!(g, f, m)| *g = *g - half * *f * *m);
         // s = 1/2 delta_x + 2 lambda e (in place of e)
-        zip!(e.rb_mut(), dx.rb()).for_each(|unzip!(e, dx)| *e = two_lambda * *e + half * *dx);
+        par_cols((e.rb_mut(), dx.rb()), ws_par, &|(e, dx): (MatMut<'_, T>, MatRef<'_, T>)| {
+            zip!(e, dx).for_each(|unzip!(e, dx)| *e = two_lambda * *e + half * *dx)
+        });
         // dr = (1/B) P_r(s u^T) + 1/2 rs(flip w) . m_r
         conv_r.weight_grad(u, e.rb(), grads.r.as_mut(), inv_b, Accum::Replace)?;
         zip!(grads.r.as_mut(), flip_w_r.as_ref(), self.m_r.as_ref())

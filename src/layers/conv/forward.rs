@@ -6,7 +6,7 @@ use faer::{unzip, zip, MatMut, MatRef};
 use super::{ConvWorkspace, SelfNormConv2d};
 use crate::error::{Error, Result};
 use crate::real::Real;
-use crate::util::sum_sq;
+use crate::util::{par_cols, sum_sq};
 
 /// `out[c, ., .] += sign * b[c]` for every column (per-channel bias over `hw` pixels).
 pub(crate) fn add_channel_bias<T: Real>(mut out: MatMut<'_, T>, b: Option<MatRef<'_, T>>, hw: usize, sign: T) {
@@ -20,13 +20,11 @@ pub(crate) fn add_channel_bias<T: Real>(mut out: MatMut<'_, T>, b: Option<MatRef
     }
 }
 
-/// `dst[c] = alpha * sum over columns and the `hw` pixels of channel `c` of `a`.
+/// `dst[c] = alpha * sum over columns and the `hw` pixels of channel `c` of `a`` (summed in `f64`).
 pub(crate) fn channel_sums<T: Real>(dst: &mut [T], a: MatRef<'_, T>, hw: usize, alpha: T, accum_add: bool) {
     for (c, d) in dst.iter_mut().enumerate() {
-        let mut s = T::from_f64(0.0);
-        for j in 0..a.ncols() {
-            a.col(j).subrows(c * hw, hw).iter().for_each(|v| s = s + *v);
-        }
+        let s: f64 = (0..a.ncols()).map(|j| crate::util::col_sum(a.col(j).subrows(c * hw, hw), |v| v)).sum();
+        let s = T::from_f64(s);
         *d = if accum_add { *d + alpha * s } else { alpha * s };
     }
 }
@@ -58,9 +56,11 @@ impl<T: Real> SelfNormConv2d<T> {
         ws.batch = None;
         let mut u = ws.u.as_mut().subcols_mut(0, b);
         ws.conv_w.forward(self.w.as_ref(), x, u.rb_mut())?;
-        let mut z = z;
-        z.copy_from(u.rb());
-        add_channel_bias(z, self.bias(), self.pixels(), T::from_f64(1.0));
+        let (bias, hw) = (self.bias(), self.pixels());
+        par_cols((z, u.rb()), ws.par, &|(mut z, u): (MatMut<'_, T>, MatRef<'_, T>)| {
+            z.copy_from(u);
+            add_channel_bias(z, bias, hw, T::from_f64(1.0));
+        });
         ws.batch = Some(b);
         Ok(())
     }
@@ -89,7 +89,9 @@ impl<T: Real> SelfNormConv2d<T> {
         conv_r: &mut crate::conv::Conv2d<T>,
     ) -> Result<f64> {
         conv_r.forward(self.r.as_ref(), u, e.rb_mut())?;
-        zip!(e.rb_mut(), x).for_each(|unzip!(e, x)| *e = *e - *x);
+        par_cols((e.rb_mut(), x), conv_r.par(), &|(e, x): (MatMut<'_, T>, MatRef<'_, T>)| {
+            zip!(e, x).for_each(|unzip!(e, x)| *e = *e - *x)
+        });
         Ok(sum_sq(e.rb()) / x.ncols() as f64)
     }
 
