@@ -39,7 +39,7 @@ pub(crate) fn set_scaled_row_sums<T: Real>(dst: &mut [T], a: MatRef<'_, T>, alph
     }
     for j in 0..a.ncols() {
         for (d, &x) in dst.iter_mut().zip(a.col(j).iter()) {
-            *d = *d + x;
+            *d += x;
         }
     }
     for v in dst.iter_mut() {

@@ -254,12 +254,12 @@ impl Conv2dGeometry {
         const OP: &str = "Conv2dGeometry::transpose";
         let s = &self.spec;
         let mut padding = [0; 2];
-        for a in 0..2 {
+        for (a, pad) in padding.iter_mut().enumerate() {
             if s.stride[a] != 1 {
                 return Err(invalid(OP, "the transpose of a strided convolution is not a convolution".into()));
             }
             let reach = s.dilation[a] * (s.kernel[a] - 1);
-            padding[a] = reach.checked_sub(s.padding[a]).ok_or_else(|| {
+            *pad = reach.checked_sub(s.padding[a]).ok_or_else(|| {
                 invalid(OP, format!("padding {} exceeds the kernel reach {reach}", s.padding[a]))
             })?;
         }

@@ -150,12 +150,12 @@ pub(crate) fn col2im_add<T: Real>(geom: &Conv2dGeometry, cols: &Mat<T>, row0: us
                     let x0 = x_lo * s.stride[1] + b * s.dilation[1] - s.padding[1];
                     if s.stride[1] == 1 {
                         for (d, &v) in dst[x0..x0 + (x_hi - x_lo)].iter_mut().zip(&row[x_lo..x_hi]) {
-                            *d = *d + v;
+                            *d += v;
                         }
                     } else {
                         for (k, &v) in row[x_lo..x_hi].iter().enumerate() {
                             let d = &mut dst[x0 + k * s.stride[1]];
-                            *d = *d + v;
+                            *d += v;
                         }
                     }
                 }

@@ -15,10 +15,11 @@
 //! | [`conv_matrix`], [`project_onto_kernel`] | $\mathcal T(k)$ and its adjoint $P$ |
 //! | [`flip`], [`multiplicity`], [`resize_centered_into`], [`dirac`] | kernel maps |
 
+pub(crate) mod chunk;
 mod geometry;
 mod im2col;
 mod kernel;
-mod ops;
+pub(crate) mod ops;
 mod toeplitz;
 
 pub use geometry::{Conv2dGeometry, Conv2dSpec};

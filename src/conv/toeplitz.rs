@@ -92,6 +92,6 @@ pub fn project_onto_kernel<T: Real>(
         out.fill(T::from_f64(0.0));
     }
     // Sum in the kernel's precision per element; each element gathers at most OH*OW terms.
-    for_each_entry(geom, |ki, (r, c)| out[ki] = out[ki] + alpha * a[(r, c)]);
+    for_each_entry(geom, |ki, (r, c)| out[ki] += alpha * a[(r, c)]);
     Ok(())
 }

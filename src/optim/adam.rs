@@ -112,7 +112,7 @@ impl<T: Real> Adam<T> {
                 zip!(p, g, m, v).for_each(|unzip!(p, g, m, v)| {
                     *m = b1 * *m + ob1 * *g;
                     *v = b2 * *v + ob2 * *g * *g;
-                    *p = *p - step * *m / (num_traits::Float::sqrt(*v) + eps_hat);
+                    *p -= step * *m / (num_traits::Float::sqrt(*v) + eps_hat);
                 })
             });
             n += 1;

@@ -12,7 +12,16 @@ use crate::conv::{flip_into, project_onto_kernel, resize_centered_into};
 use crate::error::{check_shape, Error, Result};
 use crate::layers::BackwardStats;
 use crate::real::Real;
-use crate::util::par_cols;
+use crate::conv::chunk::{
+    chunks_used, for_chunks, forward_chunk, input_grad_chunk, reduce_dk, sum_sq_batch, weight_grad_chunk, BatchMut,
+    BatchRef, Chunk,
+};
+use crate::conv::ops::{contiguous, contiguous_mut};
+use crate::util::col_sum;
+
+/// The batch views a chunk of the SNF backward pass works on:
+/// `(((x, dz), (u, dx)), (e, t))`.
+type Views<'a, T> = (((BatchRef<'a, T>, BatchRef<'a, T>), (BatchRef<'a, T>, BatchMut<'a, T>)), (BatchMut<'a, T>, BatchMut<'a, T>));
 
 impl<T: Real> SelfNormConv2d<T> {
     fn check_after_forward(&self, op: &'static str, x: MatRef<'_, T>, ws: &ConvWorkspace<T>) -> Result<usize> {
@@ -38,10 +47,10 @@ impl<T: Real> SelfNormConv2d<T> {
     /// Given the layer input `x` (`D x B`, the batch of the last [`forward`](Self::forward))
     /// and $\delta_z$ = `dz`, writes $\delta_x = \mathcal T(w)^T\delta_z$ into `dx` and
     /// $$\partial_w\ell = \tfrac1B P_w\big[(-\tfrac12\delta_z + 2\lambda\,\mathcal T(r)^Te)\,x^T\big]
-    ///   - \tfrac12\,\mathrm{rs}_{r\to w}(\mathrm{flip}\,r)\odot m_w,$$
+    ///   {}- \tfrac12\,\mathrm{rs}_{r\to w}(\mathrm{flip}\,r)\odot m_w,$$
     /// $$\partial_r\ell = \tfrac1B P_r\big[(\tfrac12\delta_x + 2\lambda e)\,u^T\big]
-    ///   + \tfrac12\,\mathrm{rs}_{w\to r}(\mathrm{flip}\,w)\odot m_r,\qquad
-    /// \partial_{b_c}\ell = -\tfrac1B\textstyle\sum_{b,\text{pixels of }c}\delta_z$$
+    ///   {}+ \tfrac12\,\mathrm{rs}_{w\to r}(\mathrm{flip}\,w)\odot m_r,\qquad
+    ///   \partial_{b_c}\ell = -\tfrac1B\textstyle\sum_{b,\text{pixels of }c}\delta_z$$
     /// into `grads` ($u = w\star x$, $e = r\star u - x$). Six convolutions (two forward, two
     /// input-gradient, two kernel-gradient), no matrix, no inverse, no determinant, no allocation.
     ///
@@ -67,42 +76,73 @@ impl<T: Real> SelfNormConv2d<T> {
         if !lambda.is_finite() {
             return Err(Error::NonFinite { op: OP });
         }
-        let half = T::from_f64(0.5);
+        let (one, half) = (T::from_f64(1.0), T::from_f64(0.5));
         let inv_b = T::from_f64(1.0 / b as f64);
         let two_lambda = T::from_f64(2.0) * lambda;
         self.surrogates(ws)?;
         let hw = self.pixels();
-        let ws_par = ws.par;
         let ConvWorkspace { conv_w, conv_r, u, e, t, flip_r_w, flip_w_r, chan, .. } = ws;
-        let u = u.as_ref().subcols(0, b);
-        let mut e = e.as_mut().subcols_mut(0, b);
-        let mut t = t.as_mut().subcols_mut(0, b);
-        let mut dx = dx;
+        let (x, dz) = (contiguous(OP, x)?, contiguous(OP, dz)?);
+        let dx = contiguous_mut(OP, dx)?;
+        let u = contiguous(OP, u.as_ref().subcols(0, b))?;
+        let e = contiguous_mut(OP, e.as_mut().subcols_mut(0, b))?;
+        let t = contiguous_mut(OP, t.as_mut().subcols_mut(0, b))?;
+        let used = chunks_used(conv_w.n_chunks().min(conv_r.n_chunks()), b);
+        let pw = conv_w.parts(Some(self.w.as_ref()))?;
+        let pr = conv_r.parts(Some(self.r.as_ref()))?;
+        let (plan_w, flip_w, plan_r, flip_r) = (pw.plan, pw.flipped, pr.plan, pr.flipped);
+        let (w, r) = (self.w.as_ref(), self.r.as_ref());
+        // One fork-join for the whole pass: every step below is per example, so each chunk
+        // of the batch runs all six convolutions on its own columns and scratch, keeping
+        // partial kernel gradients, the partial squared residual and per-channel sums of
+        // delta_z in its scratch; they are reduced after the join.
+        let chunk_step = |(((x, dz), (u, mut dx)), (mut e, mut t)): Views<'_, T>, (cw, cr): (&mut [Chunk<T>], &mut [Chunk<T>])| {
+            let (Some(cw), Some(cr)) = (cw.first_mut(), cr.first_mut()) else { return };
+            // delta_x = T(w)^T delta_z
+            input_grad_chunk(plan_w, cw, w, flip_w, dz, dx.rb_mut(), one, Accum::Replace);
+            // e = r * u - x
+            forward_chunk(plan_r, cr, r, u, e.rb_mut(), one, Accum::Replace);
+            for j in 0..x.ncols() {
+                let (ej, xj) = (e.rb_mut().col_mut(j).as_slice_mut(), x.col(j).as_slice());
+                ej.iter_mut().zip(xj).for_each(|(e, x)| *e -= *x);
+            }
+            cw.scalar = sum_sq_batch(e.rb());
+            // t = -1/2 delta_z + 2 lambda T(r)^T e
+            for j in 0..x.ncols() {
+                let (tj, dzj) = (t.rb_mut().col_mut(j).as_slice_mut(), dz.col(j).as_slice());
+                tj.iter_mut().zip(dzj).for_each(|(t, dz)| *t = -half * *dz);
+            }
+            input_grad_chunk(plan_r, cr, r, flip_r, e.rb(), t.rb_mut(), two_lambda, Accum::Add);
+            // partial sums of P_w(t x^T)
+            weight_grad_chunk(plan_w, cw, x, t.rb());
+            // s = 1/2 delta_x + 2 lambda e (in place of e), then partial P_r(s u^T)
+            for j in 0..x.ncols() {
+                let (ej, dxj) = (e.rb_mut().col_mut(j).as_slice_mut(), dx.rb().col(j).as_slice());
+                ej.iter_mut().zip(dxj).for_each(|(e, dx)| *e = two_lambda * *e + half * *dx);
+            }
+            weight_grad_chunk(plan_r, cr, u, e.rb());
+            // per-channel sums of delta_z for the bias
+            for (c, s) in cw.sums.iter_mut().enumerate() {
+                *s = (0..x.ncols()).map(|j| col_sum(dz.col(j).subrows(c * hw, hw).as_dyn_stride(), |v| v)).sum();
+            }
+        };
+        for_chunks((((x, dz), (u, dx)), (e, t)), (pw.chunks, pr.chunks), used, &chunk_step);
 
-        // delta_x = T(w)^T delta_z
-        conv_w.input_grad(self.w.as_ref(), dz, dx.rb_mut(), T::from_f64(1.0), Accum::Replace)?;
-        // e = r * u - x
-        let recon = self.residual(x, u, e.rb_mut(), conv_r)?;
-        // t = -1/2 delta_z + 2 lambda T(r)^T e
-        par_cols((t.rb_mut(), dz), ws_par, &|(t, dz): (MatMut<'_, T>, MatRef<'_, T>)| {
-            zip!(t, dz).for_each(|unzip!(t, dz)| *t = -half * *dz)
-        });
-        conv_r.input_grad(self.r.as_ref(), e.rb(), t.rb_mut(), two_lambda, Accum::Add)?;
+        let (cw, cr) = (&conv_w.chunks()[..used], &conv_r.chunks()[..used]);
         // dw = (1/B) P_w(t x^T) - 1/2 rs(flip r) . m_w
-        conv_w.weight_grad(x, t.rb(), grads.w.as_mut(), inv_b, Accum::Replace)?;
+        reduce_dk(cw, grads.w.as_mut(), inv_b, Accum::Replace);
         zip!(grads.w.as_mut(), flip_r_w.as_ref(), self.m_w.as_ref())
-            .for_each(|unzip!(g, f, m)| *g = *g - half * *f * *m);
-        // s = 1/2 delta_x + 2 lambda e (in place of e)
-        par_cols((e.rb_mut(), dx.rb()), ws_par, &|(e, dx): (MatMut<'_, T>, MatRef<'_, T>)| {
-            zip!(e, dx).for_each(|unzip!(e, dx)| *e = two_lambda * *e + half * *dx)
-        });
+            .for_each(|unzip!(g, f, m)| *g -= half * *f * *m);
         // dr = (1/B) P_r(s u^T) + 1/2 rs(flip w) . m_r
-        conv_r.weight_grad(u, e.rb(), grads.r.as_mut(), inv_b, Accum::Replace)?;
+        reduce_dk(cr, grads.r.as_mut(), inv_b, Accum::Replace);
         zip!(grads.r.as_mut(), flip_w_r.as_ref(), self.m_r.as_ref())
-            .for_each(|unzip!(g, f, m)| *g = *g + half * *f * *m);
+            .for_each(|unzip!(g, f, m)| *g += half * *f * *m);
+        let recon = cw.iter().map(|c| c.scalar).sum::<f64>() / b as f64;
         // db_c = -(1/B) sum of delta_z over the batch and the pixels of channel c
         if let Some(gb) = grads.b.as_mut() {
-            channel_sums(chan, dz, hw, -inv_b, false);
+            for (c, d) in chan.iter_mut().enumerate() {
+                *d = -inv_b * T::from_f64(cw.iter().map(|ch| ch.sums[c]).sum::<f64>());
+            }
             gb.col_as_slice_mut(0).copy_from_slice(chan);
         }
         Ok(BackwardStats { reconstruction_error: recon })

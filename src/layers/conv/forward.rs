@@ -6,7 +6,10 @@ use faer::{unzip, zip, MatMut, MatRef};
 use super::{ConvWorkspace, SelfNormConv2d};
 use crate::error::{Error, Result};
 use crate::real::Real;
+use crate::conv::chunk::{chunks_used, for_chunks, forward_chunk, BatchMut, BatchRef, Chunk};
+use crate::conv::ops::{contiguous, contiguous_mut};
 use crate::util::{par_cols, sum_sq};
+use faer::Accum;
 
 /// `out[c, ., .] += sign * b[c]` for every column (per-channel bias over `hw` pixels).
 pub(crate) fn add_channel_bias<T: Real>(mut out: MatMut<'_, T>, b: Option<MatRef<'_, T>>, hw: usize, sign: T) {
@@ -15,7 +18,7 @@ pub(crate) fn add_channel_bias<T: Real>(mut out: MatMut<'_, T>, b: Option<MatRef
         let mut col = out.rb_mut().col_mut(j);
         for c in 0..b.nrows() {
             let v = sign * b[(c, 0)];
-            col.rb_mut().subrows_mut(c * hw, hw).iter_mut().for_each(|o| *o = *o + v);
+            col.rb_mut().subrows_mut(c * hw, hw).iter_mut().for_each(|o| *o += v);
         }
     }
 }
@@ -54,12 +57,20 @@ impl<T: Real> SelfNormConv2d<T> {
         let b = ws.check_batch(OP, x)?;
         ConvWorkspace::check_out(OP, &z, self.dim(), b)?;
         ws.batch = None;
-        let mut u = ws.u.as_mut().subcols_mut(0, b);
-        ws.conv_w.forward(self.w.as_ref(), x, u.rb_mut())?;
-        let (bias, hw) = (self.bias(), self.pixels());
-        par_cols((z, u.rb()), ws.par, &|(mut z, u): (MatMut<'_, T>, MatRef<'_, T>)| {
-            z.copy_from(u);
-            add_channel_bias(z, bias, hw, T::from_f64(1.0));
+        let (x, z) = (contiguous(OP, x)?, contiguous_mut(OP, z)?);
+        let u = contiguous_mut(OP, ws.u.as_mut().subcols_mut(0, b))?;
+        let (bias, hw, w) = (self.bias(), self.pixels(), self.w.as_ref());
+        let used = chunks_used(ws.conv_w.n_chunks(), b);
+        let parts = ws.conv_w.parts(None)?;
+        let plan = parts.plan;
+        // one fork-join: each chunk convolves its examples, then copies u and adds the bias
+        for_chunks((x, (u, z)), parts.chunks, used, &|(x, (mut u, mut z)): (BatchRef<'_, T>, (BatchMut<'_, T>, BatchMut<'_, T>)), c: &mut [Chunk<T>]| {
+            let Some(c) = c.first_mut() else { return };
+            forward_chunk(plan, c, w, x, u.rb_mut(), T::from_f64(1.0), Accum::Replace);
+            for j in 0..x.ncols() {
+                z.rb_mut().col_mut(j).as_slice_mut().copy_from_slice(u.rb().col(j).as_slice());
+            }
+            add_channel_bias(z.as_dyn_stride_mut(), bias, hw, T::from_f64(1.0));
         });
         ws.batch = Some(b);
         Ok(())
@@ -90,7 +101,7 @@ impl<T: Real> SelfNormConv2d<T> {
     ) -> Result<f64> {
         conv_r.forward(self.r.as_ref(), u, e.rb_mut())?;
         par_cols((e.rb_mut(), x), conv_r.par(), &|(e, x): (MatMut<'_, T>, MatRef<'_, T>)| {
-            zip!(e, x).for_each(|unzip!(e, x)| *e = *e - *x)
+            zip!(e, x).for_each(|unzip!(e, x)| *e -= *x)
         });
         Ok(sum_sq(e.rb()) / x.ncols() as f64)
     }

@@ -232,7 +232,7 @@ impl<T: Real> SelfNormConv2d<T> {
         for j in 0..w.ncols() {
             for i in 0..w.nrows() {
                 let n: f64 = rng.sample(StandardNormal);
-                w[(i, j)] = w[(i, j)] + T::from_f64(std * n);
+                w[(i, j)] += T::from_f64(std * n);
             }
         }
         let fw = conv::flip(&gw, w.as_ref())?;

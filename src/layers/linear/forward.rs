@@ -13,7 +13,7 @@ use crate::real::Real;
 pub(crate) fn add_bias<T: Real>(mut out: MatMut<'_, T>, b: Option<MatRef<'_, T>>) {
     if let Some(b) = b {
         for j in 0..out.ncols() {
-            zip!(out.rb_mut().col_mut(j), b.col(0)).for_each(|unzip!(o, b)| *o = *o + *b);
+            zip!(out.rb_mut().col_mut(j), b.col(0)).for_each(|unzip!(o, b)| *o += *b);
         }
     }
 }
@@ -139,7 +139,7 @@ impl<T: Real> SelfNormLinear<T> {
     fn sub_bias(&self, mut a: MatMut<'_, T>) {
         if let Some(b) = &self.b {
             for j in 0..a.ncols() {
-                zip!(a.rb_mut().col_mut(j), b.col(0)).for_each(|unzip!(a, b)| *a = *a - *b);
+                zip!(a.rb_mut().col_mut(j), b.col(0)).for_each(|unzip!(a, b)| *a -= *b);
             }
         }
     }
