@@ -65,6 +65,8 @@ fn configs() -> Vec<SelfNormConv2dConfig> {
         SelfNormConv2dConfig::new(1, [5, 5], 3).with_inverse_kernel([5, 5]).with_bias(false),
         SelfNormConv2dConfig::new(2, [3, 4], 3).with_inverse_kernel([7, 7]),
         SelfNormConv2dConfig::new(2, [4, 3], 5).with_inverse_kernel([3, 1]),
+        // inverse larger along the height, smaller along the width
+        SelfNormConv2dConfig { forward: Conv2dSpec::same(2, [4, 4], [1, 3]), inverse_kernel: [3, 1], bias: true },
         SelfNormConv2dConfig {
             forward: Conv2dSpec::same(4, [3, 3], [3, 1]).with_groups(2).with_dilation([2, 1]).with_padding([2, 0]),
             inverse_kernel: [3, 3],
