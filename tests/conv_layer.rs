@@ -483,3 +483,37 @@ fn initialisation_follows_the_paper() {
     assert!(rec > 0.7 * want && rec < 1.3 * want, "recon {rec:e}, expected about {want:e}");
     assert!(want > 1e-3 && want < 0.1);
 }
+
+/// Batches spanning several im2col blocks (here 2 examples per block, from the 5x5 inverse
+/// kernel on 8x16x16) and several chunks: the batch gradient must be the mean of the
+/// single-example gradients (the log-det surrogates are constant), delta_x and the
+/// reconstruction error must match per example. Catches any block/chunk boundary slip.
+#[test]
+fn large_batches_match_per_example_runs() {
+    let cfg = SelfNormConv2dConfig::new(8, [16, 16], 3).with_inverse_kernel([5, 5]);
+    let layer = random_layer(cfg, 0.05, 100);
+    let b = 9;
+    let x = gaussian(layer.dim(), b, 1.0, &mut rng(101));
+    let singles: Vec<Run> = (0..b)
+        .map(|j| conv_snf(&layer, &Mat::from_fn(layer.dim(), 1, |i, _| x[(i, j)]), 1.3, Par::Seq))
+        .collect();
+    let mean = |f: &dyn Fn(&Run) -> MatRef<'_, f64>| {
+        let first = f(&singles[0]);
+        Mat::from_fn(first.nrows(), first.ncols(), |i, j| singles.iter().map(|s| f(s)[(i, j)]).sum::<f64>() / b as f64)
+    };
+    let (mw, mr) = (mean(&|s| s.grads.w()), mean(&|s| s.grads.r()));
+    let mb = mean(&|s| s.grads.b().unwrap());
+    let recon = singles.iter().map(|s| s.recon).sum::<f64>() / b as f64;
+    for par in [Par::Seq, Par::rayon(2), Par::rayon(4)] {
+        let run = conv_snf(&layer, &x, 1.3, par);
+        // sums of ~1e4 O(1) terms in different orders: ~1e-12
+        assert!(max_abs_diff(run.grads.w(), mw.as_ref()) < 1e-10, "{par:?}: dw");
+        assert!(max_abs_diff(run.grads.r(), mr.as_ref()) < 1e-10, "{par:?}: dr");
+        assert!(max_abs_diff(run.grads.b().unwrap(), mb.as_ref()) < 1e-10, "{par:?}: db");
+        assert!((run.recon - recon).abs() < 1e-10 * (1.0 + recon), "{par:?}: recon");
+        for (j, s) in singles.iter().enumerate() {
+            let col = Mat::from_fn(layer.dim(), 1, |i, _| run.dx[(i, j)]);
+            assert!(max_abs_diff(col.as_ref(), s.dx.as_ref()) < 1e-12, "{par:?}: dx column {j}");
+        }
+    }
+}

@@ -56,7 +56,7 @@ pub(crate) struct Plan<'a> {
 }
 
 #[inline]
-fn gemm<T: Real>(dst: MatMut<'_, T>, accum: Accum, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T) {
+pub(crate) fn gemm<T: Real>(dst: MatMut<'_, T>, accum: Accum, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T) {
     faer::linalg::matmul::matmul(dst, accum, lhs, rhs, alpha, Par::Seq);
 }
 
@@ -75,13 +75,30 @@ fn lower<T: Real>(geom: &Conv2dGeometry, flat: bool, x: BatchRef<'_, T>, j0: usi
 
 /// Copy examples `j0 .. j0 + nb` of `a` (each a `P x C` column-major block) into the rows
 /// `0 .. nb * P` of `stacked` (`n x C`).
-fn stack<T: Real>(a: BatchRef<'_, T>, j0: usize, nb: usize, p: usize, stacked: &mut Mat<T>) {
+pub(crate) fn stack<T: Real>(a: BatchRef<'_, T>, j0: usize, nb: usize, p: usize, stacked: &mut Mat<T>) {
     for o in 0..stacked.ncols() {
         let dst = stacked.col_as_slice_mut(o);
         for e in 0..nb {
             dst[e * p..(e + 1) * p].copy_from_slice(&a.col(j0 + e).as_slice()[o * p..(o + 1) * p]);
         }
     }
+}
+
+/// The inverse of [`stack`]: copy rows `0 .. nb * P` of `stacked` (`n x C`) into
+/// examples `j0 .. j0 + nb` of `out`.
+pub(crate) fn unstack<T: Real>(stacked: &Mat<T>, j0: usize, nb: usize, p: usize, mut out: BatchMut<'_, T>) {
+    for e in 0..nb {
+        let oj = out.rb_mut().col_mut(j0 + e).as_slice_mut();
+        for o in 0..stacked.ncols() {
+            oj[o * p..(o + 1) * p].copy_from_slice(&stacked.col_as_slice(o)[e * p..(e + 1) * p]);
+        }
+    }
+}
+
+/// im2col of group `g` of a block of `nb` stacked examples (`xs`, `nb * P x C_in`) into
+/// `cols`, for flat-shift geometries ([`Conv2dGeometry::is_self_transpose`] implies one).
+pub(crate) fn lower_stacked<T: Real>(plan: Plan<'_>, xs: &Mat<T>, nb: usize, g: usize, cols: &mut Mat<T>) {
+    im2col_stacked(plan.geom, xs, nb, g, cols);
 }
 
 /// `z = accum(z) + alpha * T(k) x` for the columns of one chunk.
@@ -310,9 +327,4 @@ fn split_run<S: Cols, C: Scratch>(s: S, scratch: C, f: &(impl Fn(S, C) + Sync)) 
         return;
     }
     f(s, scratch)
-}
-
-/// Sum of squares of a contiguous batch, in `f64`.
-pub(crate) fn sum_sq_batch<T: Real>(a: BatchRef<'_, T>) -> f64 {
-    (0..a.ncols()).map(|j| crate::util::col_sum(a.col(j).as_dyn_stride(), |v| v * v)).sum()
 }

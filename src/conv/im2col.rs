@@ -63,19 +63,38 @@ pub(crate) fn im2col_stacked<T: Real>(geom: &Conv2dGeometry, xs: &Mat<T>, nb: us
                     dst[sh..].copy_from_slice(&src[..n - sh]);
                     dst[..sh].fill(zero);
                 }
-                for e in 0..nb {
-                    let img = &mut dst[e * p..(e + 1) * p];
-                    img[..y_lo * w].fill(zero);
-                    img[y_hi * w..].fill(zero);
-                    // border columns: strided stores, a few per row
-                    for x in (0..x_lo).chain(x_hi..w) {
-                        for y in y_lo..y_hi {
-                            img[y * w + x] = zero;
-                        }
+                // border columns (where the shift wrapped into the neighbouring row): a few
+                // stores per row; rows outside the image are cleared below anyway, so sweep
+                // all rows of the block without a per-example test
+                if x_lo > 0 || x_hi < w {
+                    for row in dst.chunks_exact_mut(w) {
+                        zero_short(&mut row[..x_lo], zero);
+                        zero_short(&mut row[x_hi..], zero);
+                    }
+                }
+                // rows outside the image (where the shift wrapped into the neighbouring example)
+                if y_lo > 0 || y_hi < h {
+                    for img in dst.chunks_exact_mut(p) {
+                        img[..y_lo * w].fill(zero);
+                        img[y_hi * w..].fill(zero);
                     }
                 }
             }
         }
+    }
+}
+
+/// Zero a slice of typically 0–2 elements without a `memset` call.
+#[inline(always)]
+fn zero_short<T: Real>(s: &mut [T], zero: T) {
+    match s {
+        [] => {}
+        [a] => *a = zero,
+        [a, b] => {
+            *a = zero;
+            *b = zero;
+        }
+        _ => s.fill(zero),
     }
 }
 

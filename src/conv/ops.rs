@@ -96,6 +96,10 @@ impl<T: Real> Conv2d<T> {
     pub fn par(&self) -> Par {
         self.par
     }
+    /// Examples per im2col block.
+    pub(crate) fn block(&self) -> usize {
+        self.block
+    }
     /// How many scratch chunks (parallel jobs) this plan has.
     pub(crate) fn n_chunks(&self) -> usize {
         self.chunks.len()

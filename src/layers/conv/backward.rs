@@ -12,16 +12,14 @@ use crate::conv::{flip_into, project_onto_kernel, resize_centered_into};
 use crate::error::{check_shape, Error, Result};
 use crate::layers::BackwardStats;
 use crate::real::Real;
-use crate::conv::chunk::{
-    chunks_used, for_chunks, forward_chunk, input_grad_chunk, reduce_dk, sum_sq_batch, weight_grad_chunk, BatchMut,
-    BatchRef, Chunk,
-};
+use super::fused::{snf_backward_chunk, Fused, FusedChunk};
+use crate::conv::chunk::{chunks_used, for_chunks, reduce_dk, BatchMut, BatchRef, Chunk};
 use crate::conv::ops::{contiguous, contiguous_mut};
-use crate::util::col_sum;
 
-/// The batch views a chunk of the SNF backward pass works on:
-/// `(((x, dz), (u, dx)), (e, t))`.
-type Views<'a, T> = (((BatchRef<'a, T>, BatchRef<'a, T>), (BatchRef<'a, T>, BatchMut<'a, T>)), (BatchMut<'a, T>, BatchMut<'a, T>));
+/// The batch views a chunk of the SNF backward pass works on: `((x, dz), (u, dx))`.
+type Views<'a, T> = ((BatchRef<'a, T>, BatchRef<'a, T>), (BatchRef<'a, T>, BatchMut<'a, T>));
+/// Its scratch: `((conv_w chunk, conv_r chunk), fused buffers)`.
+type Scr<'a, T> = ((&'a mut [Chunk<T>], &'a mut [Chunk<T>]), &'a mut [FusedChunk<T>]);
 
 impl<T: Real> SelfNormConv2d<T> {
     fn check_after_forward(&self, op: &'static str, x: MatRef<'_, T>, ws: &ConvWorkspace<T>) -> Result<usize> {
@@ -76,57 +74,34 @@ impl<T: Real> SelfNormConv2d<T> {
         if !lambda.is_finite() {
             return Err(Error::NonFinite { op: OP });
         }
-        let (one, half) = (T::from_f64(1.0), T::from_f64(0.5));
+        let half = T::from_f64(0.5);
         let inv_b = T::from_f64(1.0 / b as f64);
         let two_lambda = T::from_f64(2.0) * lambda;
         self.surrogates(ws)?;
-        let hw = self.pixels();
-        let ConvWorkspace { conv_w, conv_r, u, e, t, flip_r_w, flip_w_r, chan, .. } = ws;
+        let ConvWorkspace { conv_w, conv_r, u, flip_r_w, flip_w_r, chan, fused, block, .. } = ws;
         let (x, dz) = (contiguous(OP, x)?, contiguous(OP, dz)?);
         let dx = contiguous_mut(OP, dx)?;
         let u = contiguous(OP, u.as_ref().subcols(0, b))?;
-        let e = contiguous_mut(OP, e.as_mut().subcols_mut(0, b))?;
-        let t = contiguous_mut(OP, t.as_mut().subcols_mut(0, b))?;
-        let used = chunks_used(conv_w.n_chunks().min(conv_r.n_chunks()), b);
+        let used = chunks_used(conv_w.n_chunks().min(conv_r.n_chunks()).min(fused.len()), b);
         let pw = conv_w.parts(Some(self.w.as_ref()))?;
         let pr = conv_r.parts(Some(self.r.as_ref()))?;
-        let (plan_w, flip_w, plan_r, flip_r) = (pw.plan, pw.flipped, pr.plan, pr.flipped);
-        let (w, r) = (self.w.as_ref(), self.r.as_ref());
-        // One fork-join for the whole pass: every step below is per example, so each chunk
-        // of the batch runs all six convolutions on its own columns and scratch, keeping
-        // partial kernel gradients, the partial squared residual and per-channel sums of
-        // delta_z in its scratch; they are reduced after the join.
-        let chunk_step = |(((x, dz), (u, mut dx)), (mut e, mut t)): Views<'_, T>, (cw, cr): (&mut [Chunk<T>], &mut [Chunk<T>])| {
-            let (Some(cw), Some(cr)) = (cw.first_mut(), cr.first_mut()) else { return };
-            // delta_x = T(w)^T delta_z
-            input_grad_chunk(plan_w, cw, w, flip_w, dz, dx.rb_mut(), one, Accum::Replace);
-            // e = r * u - x
-            forward_chunk(plan_r, cr, r, u, e.rb_mut(), one, Accum::Replace);
-            for j in 0..x.ncols() {
-                let (ej, xj) = (e.rb_mut().col_mut(j).as_slice_mut(), x.col(j).as_slice());
-                ej.iter_mut().zip(xj).for_each(|(e, x)| *e -= *x);
-            }
-            cw.scalar = sum_sq_batch(e.rb());
-            // t = -1/2 delta_z + 2 lambda T(r)^T e
-            for j in 0..x.ncols() {
-                let (tj, dzj) = (t.rb_mut().col_mut(j).as_slice_mut(), dz.col(j).as_slice());
-                tj.iter_mut().zip(dzj).for_each(|(t, dz)| *t = -half * *dz);
-            }
-            input_grad_chunk(plan_r, cr, r, flip_r, e.rb(), t.rb_mut(), two_lambda, Accum::Add);
-            // partial sums of P_w(t x^T)
-            weight_grad_chunk(plan_w, cw, x, t.rb());
-            // s = 1/2 delta_x + 2 lambda e (in place of e), then partial P_r(s u^T)
-            for j in 0..x.ncols() {
-                let (ej, dxj) = (e.rb_mut().col_mut(j).as_slice_mut(), dx.rb().col(j).as_slice());
-                ej.iter_mut().zip(dxj).for_each(|(e, dx)| *e = two_lambda * *e + half * *dx);
-            }
-            weight_grad_chunk(plan_r, cr, u, e.rb());
-            // per-channel sums of delta_z for the bias
-            for (c, s) in cw.sums.iter_mut().enumerate() {
-                *s = (0..x.ncols()).map(|j| col_sum(dz.col(j).subrows(c * hw, hw).as_dyn_stride(), |v| v)).sum();
-            }
+        let (Some(w_flip), Some(r_flip)) = (pw.flipped, pr.flipped) else {
+            return Err(Error::InvalidConv { op: OP, reason: "geometry is not self-transposing".into() });
         };
-        for_chunks((((x, dz), (u, dx)), (e, t)), (pw.chunks, pr.chunks), used, &chunk_step);
+        let k = Fused { plan_w: pw.plan, plan_r: pr.plan, w_flip, r: self.r.as_ref(), r_flip, block: *block, two_lambda };
+        // One fork-join for the whole pass (see `fused`): each chunk of the batch runs all
+        // six convolutions on its own examples and scratch; partial kernel gradients, the
+        // squared residual and the per-channel sums of delta_z are reduced after the join.
+        for_chunks(
+            ((x, dz), (u, dx)),
+            ((pw.chunks, pr.chunks), &mut fused[..]),
+            used,
+            &|((x, dz), (u, dx)): Views<'_, T>, ((cw, cr), fc): Scr<'_, T>| {
+                if let (Some(cw), Some(cr), Some(fc)) = (cw.first_mut(), cr.first_mut(), fc.first_mut()) {
+                    snf_backward_chunk(k, x, dz, u, dx, cw, cr, fc);
+                }
+            },
+        );
 
         let (cw, cr) = (&conv_w.chunks()[..used], &conv_r.chunks()[..used]);
         // dw = (1/B) P_w(t x^T) - 1/2 rs(flip r) . m_w

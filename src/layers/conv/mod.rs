@@ -27,6 +27,7 @@ mod backward;
 mod exact;
 mod exact_conv;
 mod forward;
+mod fused;
 mod workspace;
 
 pub use exact_conv::{ExactConv2d, ExactConv2dGrads, ExactConv2dWorkspace};

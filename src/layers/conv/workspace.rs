@@ -2,6 +2,7 @@
 
 use faer::{Mat, MatMut, MatRef, Par};
 
+use super::fused::FusedChunk;
 use super::SelfNormConv2d;
 use crate::conv::{Conv2d, Conv2dGeometry};
 use crate::error::{Error, Result};
@@ -28,6 +29,9 @@ pub struct ConvWorkspace<T: Real> {
     pub(crate) chan: Vec<T>,
     pub(crate) batch: Option<usize>,
     pub(crate) exact: Option<ConvExact<T>>,
+    /// Per-chunk stacked buffers of the fused SNF backward pass, and its block size.
+    pub(crate) fused: Vec<FusedChunk<T>>,
+    pub(crate) block: usize,
 }
 
 /// The exact path's dense buffers.
@@ -53,10 +57,13 @@ impl<T: Real> ConvWorkspace<T> {
         let d = gw.in_len();
         let kw = gw.kernel_shape();
         let kr = gr.kernel_shape();
+        let (conv_w, conv_r) = (Conv2d::new(gw, par), Conv2d::new(gr, par));
+        let block = conv_w.block().min(conv_r.block());
+        let fused = vec![FusedChunk::new(block * gw.out_positions(), gw.in_channels()); conv_w.n_chunks()];
         Self {
             par,
-            conv_w: Conv2d::new(gw, par),
-            conv_r: Conv2d::new(gr, par),
+            conv_w,
+            conv_r,
             u: Mat::zeros(d, max_batch),
             e: Mat::zeros(d, max_batch),
             t: Mat::zeros(d, max_batch),
@@ -67,6 +74,8 @@ impl<T: Real> ConvWorkspace<T> {
             chan: vec![T::from_f64(0.0); gw.in_channels()],
             batch: None,
             exact: None,
+            fused,
+            block,
         }
     }
 
