@@ -59,3 +59,42 @@ fn f32_agrees_with_f64() {
         }
     }
 }
+
+/// The conv layer's SNF gradients in f32 vs f64 (4 channels of 9x9, batch 40, 3x3 forward,
+/// 5x5 inverse, two chunks). Each kernel-gradient entry sums K = B * P <= 3240 products;
+/// rounding errors of independent sign accumulate like sqrt(K) u ~ 3.4e-6 relative to
+/// sum |terms| (the worst case K u ~ 2e-4 needs every rounding to align), and these sums
+/// are dominated by the (non-cancelling) log-det surrogate and squared-norm terms. We
+/// assert 2e-5 on the relative Frobenius error (measured: 0.5e-7 to 2e-7); an f32-specific
+/// bug (a wrong cast, a lost term) is O(1).
+#[test]
+fn conv_f32_agrees_with_f64() {
+    use snf::layers::conv::{ConvWorkspace, SelfNormConv2d, SelfNormConv2dConfig};
+    fn run<T: Real>(layer64: &SelfNormConv2d<f64>, x: &Mat<f64>) -> Vec<Mat<f64>> {
+        let cfg = *layer64.config();
+        let layer = SelfNormConv2d::<T>::from_parts(cfg, cast(&layer64.w().to_owned()), cast(&layer64.r().to_owned()), layer64.bias().map(|b| cast(&b.to_owned()))).unwrap();
+        let (d, n) = (x.nrows(), x.ncols());
+        let x = cast::<T>(x);
+        let mut ws = ConvWorkspace::new(&layer, n, Par::rayon(2));
+        let (mut z, mut dx) = (Mat::zeros(d, n), Mat::zeros(d, n));
+        layer.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
+        let dz = Mat::from_fn(d, n, |i, j| -z[(i, j)]);
+        let mut g = layer.zero_grads();
+        layer.backward(x.as_ref(), dz.as_ref(), dx.as_mut(), &mut g, &mut ws, T::from_f64(1.0)).unwrap();
+        g.blocks().chain([dx.as_ref()]).map(|m| Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)].as_f64())).collect()
+    }
+    let cfg = SelfNormConv2dConfig::new(4, [9, 9], 3).with_inverse_kernel([5, 5]);
+    let base = SelfNormConv2d::<f64>::new(cfg, &mut rng(7)).unwrap();
+    let mut g = rng(8);
+    let w = Mat::from_fn(base.w().nrows(), base.w().ncols(), |i, j| base.w()[(i, j)] + 0.1 * gaussian(1, 1, 1.0, &mut g)[(0, 0)]);
+    let r = base.r().to_owned();
+    let layer = SelfNormConv2d::from_parts(cfg, w, r, Some(gaussian(4, 1, 0.3, &mut g))).unwrap();
+    let x = gaussian(layer.dim(), 40, 1.0, &mut g);
+    let (g64, g32) = (run::<f64>(&layer, &x), run::<f32>(&layer, &x));
+    for (k, (a, c)) in g64.iter().zip(&g32).enumerate() {
+        let diff = Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] - c[(i, j)]);
+        let rel = frob(diff.as_ref()) / frob(a.as_ref());
+        eprintln!("conv block {k}: relative error {rel:e}");
+        assert!(rel < 2e-5, "conv block {k}: relative f32/f64 error {rel:e}");
+    }
+}
