@@ -64,7 +64,7 @@ pub(crate) fn gemm<T: Real>(dst: MatMut<'_, T>, accum: Accum, lhs: MatRef<'_, T>
 /// block `c.xs` on flat-shift geometries, which [`stack`] must have filled).
 fn lower<T: Real>(geom: &Conv2dGeometry, flat: bool, x: BatchRef<'_, T>, j0: usize, nb: usize, g: usize, c: &mut Chunk<T>) {
     if flat {
-        im2col_stacked(geom, &c.xs, nb, g, &mut c.cols);
+        im2col_stacked(geom, &c.xs, nb, g, &mut c.cols, 0, 0);
     } else {
         let p = geom.out_positions();
         for e in 0..nb {
@@ -96,9 +96,10 @@ pub(crate) fn unstack<T: Real>(stacked: &Mat<T>, j0: usize, nb: usize, p: usize,
 }
 
 /// im2col of group `g` of a block of `nb` stacked examples (`xs`, `nb * P x C_in`) into
-/// `cols`, for flat-shift geometries ([`Conv2dGeometry::is_self_transpose`] implies one).
-pub(crate) fn lower_stacked<T: Real>(plan: Plan<'_>, xs: &Mat<T>, nb: usize, g: usize, cols: &mut Mat<T>) {
-    im2col_stacked(plan.geom, xs, nb, g, cols);
+/// rows `row0..` and columns `col0..` of `cols`, for flat-shift geometries
+/// ([`Conv2dGeometry::is_self_transpose`] implies one).
+pub(crate) fn lower_stacked<T: Real>(plan: Plan<'_>, xs: &Mat<T>, nb: usize, g: usize, cols: &mut Mat<T>, row0: usize, col0: usize) {
+    im2col_stacked(plan.geom, xs, nb, g, cols, row0, col0);
 }
 
 /// `z = accum(z) + alpha * T(k) x` for the columns of one chunk.

@@ -32,7 +32,18 @@ pub(crate) fn is_flat_shift(geom: &Conv2dGeometry) -> bool {
 /// one flat shift of stacked channel $gC_g + i$ by $\Delta = (a d_h - p_h)W + (b d_w - p_w)$:
 /// a single copy for the whole block, after which the rows and columns that fall outside
 /// each image (where the shift wrapped into a neighbouring row or example) are zeroed.
-pub(crate) fn im2col_stacked<T: Real>(geom: &Conv2dGeometry, xs: &Mat<T>, nb: usize, g: usize, cols: &mut Mat<T>) {
+///
+/// The block is written to rows `row0 .. row0 + nb * P` and columns `col0 .. col0 + taps`
+/// of `cols` (so a caller can keep the lowering of a whole batch).
+pub(crate) fn im2col_stacked<T: Real>(
+    geom: &Conv2dGeometry,
+    xs: &Mat<T>,
+    nb: usize,
+    g: usize,
+    cols: &mut Mat<T>,
+    row0: usize,
+    col0: usize,
+) {
     let s = geom.spec();
     let [h, w] = s.input;
     let [kh, kw] = s.kernel;
@@ -46,7 +57,7 @@ pub(crate) fn im2col_stacked<T: Real>(geom: &Conv2dGeometry, xs: &Mat<T>, nb: us
             let (y_lo, y_hi) = valid_range(h, h, 1, s.padding[0], a * s.dilation[0]);
             for b in 0..kw {
                 let (x_lo, x_hi) = valid_range(w, w, 1, s.padding[1], b * s.dilation[1]);
-                let dst = &mut cols.col_as_slice_mut((i * kh + a) * kw + b)[..n];
+                let dst = &mut cols.col_as_slice_mut(col0 + (i * kh + a) * kw + b)[row0..row0 + n];
                 if y_lo >= y_hi || x_lo >= x_hi {
                     dst.fill(zero);
                     continue;

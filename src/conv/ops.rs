@@ -65,7 +65,7 @@ pub struct Conv2d<T: Real> {
 }
 
 /// Target size (scalars) of one im2col block.
-const BLOCK_ELEMS: usize = 1 << 17;
+const BLOCK_ELEMS: usize = 1 << 16;
 
 /// Disjoint borrows of a [`Conv2d`]'s parts, for a caller that runs the chunk kernels
 /// inside its own parallel region.

@@ -82,7 +82,7 @@ pub(crate) fn snf_backward_chunk<T: Real>(
         stack(u, j0, nb, p, &mut f.s_u);
         for g in 0..geom.groups() {
             // A: delta_x = T(w)^T delta_z = T(flip w) delta_z
-            lower_stacked(k.plan_w, &f.s_dz, nb, g, &mut cw.cols);
+            lower_stacked(k.plan_w, &f.s_dz, nb, g, &mut cw.cols, 0, 0);
             gemm(
                 f.g_dx.as_mut().subrows_mut(0, rows).subcols_mut(g * og, og),
                 Accum::Replace,
@@ -95,7 +95,7 @@ pub(crate) fn snf_backward_chunk<T: Real>(
         for g in 0..geom.groups() {
             // B: e = r * u - x; s = 2 lambda e + delta_x / 2 (into s_u, whose lowering is
             // in cr.cols); dr += cols(u)^T s
-            lower_stacked(k.plan_r, &f.s_u, nb, g, &mut cr.cols);
+            lower_stacked(k.plan_r, &f.s_u, nb, g, &mut cr.cols, 0, 0);
             gemm(
                 f.g_e.as_mut().subrows_mut(0, rows).subcols_mut(g * og, og),
                 Accum::Replace,
@@ -124,7 +124,7 @@ pub(crate) fn snf_backward_chunk<T: Real>(
         }
         for g in 0..geom.groups() {
             // C: t = -delta_z / 2 + 2 lambda T(flip r) e
-            lower_stacked(k.plan_r, &f.g_e, nb, g, &mut cr.cols);
+            lower_stacked(k.plan_r, &f.g_e, nb, g, &mut cr.cols, 0, 0);
             gemm(
                 f.g_t.as_mut().subrows_mut(0, rows).subcols_mut(g * og, og),
                 Accum::Replace,
@@ -138,7 +138,7 @@ pub(crate) fn snf_backward_chunk<T: Real>(
                 t.iter_mut().zip(d).for_each(|(t, d)| *t = *t - half * *d);
             }
             // D: dw += cols(x)^T t
-            lower_stacked(k.plan_w, &f.s_x, nb, g, &mut cw.cols);
+            lower_stacked(k.plan_w, &f.s_x, nb, g, &mut cw.cols, 0, 0);
             gemm(
                 cw.dk.as_mut().subcols_mut(g * og, og),
                 Accum::Add,
