@@ -27,7 +27,7 @@ fn input(d: usize) -> Mat<f32> {
 fn conv_step(c: &mut Criterion) {
     let par = Par::rayon(0);
     let mut group = c.benchmark_group("conv_step_f32");
-    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
     for (ch, hw) in SHAPES {
         let id = format!("{ch}x{hw}x{hw}");
         let cfg = SelfNormConv2dConfig::new(ch, [hw, hw], 3);

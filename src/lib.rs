@@ -53,6 +53,36 @@
 //! adam.step(layer.params_with_grads(&snf_grad)?)?;
 //! # Ok::<(), snf::Error>(())
 //! ```
+//!
+//! ## Convolutions
+//! [`conv`] is a general batched 2-D convolution (stride, padding, dilation, groups) with
+//! its gradients, the dense matrix $\mathcal T(k)$, `flip` and the multiplicity $m$;
+//! [`layers::conv::SelfNormConv2d`] is the self-normalizing convolution, whose log-det
+//! gradient surrogate is $\mathrm{flip}(r)\odot m$ (Eq. 15). The same side-by-side check:
+//! ```
+//! use faer::{Mat, Par};
+//! use snf::layers::conv::{ConvWorkspace, SelfNormConv2d, SelfNormConv2dConfig};
+//!
+//! // 2 channels of 6x6, 3x3 forward kernel, 5x5 learned-inverse kernel (Appendix A.4)
+//! let cfg = SelfNormConv2dConfig::new(2, [6, 6], 3).with_inverse_kernel([5, 5]);
+//! let layer = SelfNormConv2d::<f64>::new(cfg, &mut snf::init::rng(1))?;
+//! let (d, b) = (layer.dim(), 8);
+//! let x = Mat::from_fn(d, b, |i, j| ((i * 7 + j * 3) % 11) as f64 / 11.0 - 0.5);
+//! let mut ws = ConvWorkspace::new(&layer, b, Par::Seq).with_exact();
+//! let (mut z, mut y, mut dx, mut dxg) = (Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b));
+//! layer.forward(x.as_ref(), z.as_mut(), &mut ws)?;
+//! layer.g_inverse(x.as_ref(), y.as_mut(), &mut ws)?;
+//! let (dz, dzg) = (Mat::from_fn(d, b, |i, j| -z[(i, j)]), Mat::from_fn(d, b, |i, j| -y[(i, j)]));
+//! let (mut exact, mut approx) = (layer.zero_grads(), layer.zero_grads());
+//! layer.backward_exact(x.as_ref(), dz.as_ref(), dzg.as_ref(), dx.as_mut(), dxg.as_mut(), &mut exact, &mut ws, 1.0)?;
+//! layer.backward(x.as_ref(), dz.as_ref(), dx.as_mut(), &mut approx, &mut ws, 1.0)?;
+//! let deg = snf::grad::angle_degrees(&exact.blocks().collect::<Vec<_>>(), &approx.blocks().collect::<Vec<_>>())?;
+//! assert!(deg < 1.0, "angle {deg} degrees");
+//! // the exact log-det is computed once and cached until the kernels change
+//! let log_det = layer.log_abs_det(&mut ws)?;
+//! assert_eq!(layer.cached_log_abs_det(), Some(log_det));
+//! # Ok::<(), snf::Error>(())
+//! ```
 #![deny(missing_docs)]
 #![warn(rustdoc::broken_intra_doc_links)]
 
