@@ -106,7 +106,7 @@ pub(crate) fn snf_backward_chunk<T: Real>(
             for c in g * og..(g + 1) * og {
                 let e = &mut f.g_e.col_as_slice_mut(c)[..rows];
                 let xs = &f.s_x.col_as_slice(c)[..rows];
-                e.iter_mut().zip(xs).for_each(|(e, x)| *e = *e - *x);
+                e.iter_mut().zip(xs).for_each(|(e, x)| *e -= *x);
                 cw.scalar += crate::util::col_sum(MatRef::from_column_major_slice(e, rows, 1).col(0), |v| v * v);
                 let dxs = &f.g_dx.col_as_slice(c)[..rows];
                 let s = &mut f.s_u.col_as_slice_mut(c)[..rows];
@@ -135,7 +135,7 @@ pub(crate) fn snf_backward_chunk<T: Real>(
             for c in g * og..(g + 1) * og {
                 let t = &mut f.g_t.col_as_slice_mut(c)[..rows];
                 let d = &f.s_dz.col_as_slice(c)[..rows];
-                t.iter_mut().zip(d).for_each(|(t, d)| *t = *t - half * *d);
+                t.iter_mut().zip(d).for_each(|(t, d)| *t -= half * *d);
             }
             // D: dw += cols(x)^T t
             lower_stacked(k.plan_w, &f.s_x, nb, g, &mut cw.cols, 0, 0);
