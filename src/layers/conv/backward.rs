@@ -9,8 +9,9 @@ use faer::{unzip, zip, Accum, MatMut, MatRef};
 use super::forward::channel_sums;
 use super::{Conv2dGrads, ConvWorkspace, SelfNormConv2d};
 use crate::conv::{flip_into, project_onto_kernel, resize_centered_into};
-use crate::error::{check_shape, Error, Result};
+use crate::error::{Error, Result};
 use crate::layers::BackwardStats;
+use crate::layers::check_backward_operands;
 use crate::real::Real;
 use super::fused::{snf_backward_chunk, Fused, FusedChunk};
 use crate::conv::chunk::{chunks_used, for_chunks, reduce_dk, BatchMut, BatchRef, Chunk};
@@ -69,11 +70,7 @@ impl<T: Real> SelfNormConv2d<T> {
         self.check_grads(OP, grads)?;
         let b = self.check_after_forward(OP, x, ws)?;
         let d = self.dim();
-        check_shape(OP, (d, b), (dz.nrows(), dz.ncols()))?;
-        ConvWorkspace::check_out(OP, &dx, d, b)?;
-        if !lambda.is_finite() {
-            return Err(Error::NonFinite { op: OP });
-        }
+        check_backward_operands(OP, d, b, &[(dz.nrows(), dz.ncols()), (dx.nrows(), dx.ncols())], lambda)?;
         let half = T::from_f64(0.5);
         let inv_b = T::from_f64(1.0 / b as f64);
         let two_lambda = T::from_f64(2.0) * lambda;
@@ -157,13 +154,8 @@ impl<T: Real> SelfNormConv2d<T> {
         self.check_grads(OP, grads)?;
         let b = self.check_after_forward(OP, x, ws)?;
         let d = self.dim();
-        check_shape(OP, (d, b), (dz_f.nrows(), dz_f.ncols()))?;
-        check_shape(OP, (d, b), (dz_g.nrows(), dz_g.ncols()))?;
-        ConvWorkspace::check_out(OP, &dx_f, d, b)?;
-        ConvWorkspace::check_out(OP, &dx_g, d, b)?;
-        if !lambda.is_finite() {
-            return Err(Error::NonFinite { op: OP });
-        }
+        let shapes = [(dz_f.nrows(), dz_f.ncols()), (dz_g.nrows(), dz_g.ncols()), (dx_f.nrows(), dx_f.ncols()), (dx_g.nrows(), dx_g.ncols())];
+        check_backward_operands(OP, d, b, &shapes, lambda)?;
         if ws.exact.as_ref().and_then(|e| e.g_batch) != Some(b) {
             return Err(Error::InvalidArgument { op: OP, reason: "call g_inverse() on this batch with this workspace first".into() });
         }

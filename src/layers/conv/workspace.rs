@@ -5,7 +5,7 @@ use faer::{Mat, MatMut, MatRef, Par};
 use super::fused::FusedChunk;
 use super::SelfNormConv2d;
 use crate::conv::{Conv2d, Conv2dGeometry};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exact::Lu;
 use crate::real::Real;
 
@@ -119,17 +119,7 @@ impl<T: Real> ConvWorkspace<T> {
 
     /// Check a `D x B` batch and return `B`.
     pub(crate) fn check_batch(&self, op: &'static str, a: MatRef<'_, T>) -> Result<usize> {
-        let (d, b) = (self.dim(), a.ncols());
-        if a.nrows() != d {
-            return Err(Error::ShapeMismatch { op, expected: (d, b), got: (a.nrows(), b) });
-        }
-        if b == 0 || b > self.max_batch() {
-            return Err(Error::InvalidArgument {
-                op,
-                reason: format!("batch of {b} columns; this workspace holds 1..={}", self.max_batch()),
-            });
-        }
-        Ok(b)
+        crate::layers::check_batch(op, a, self.dim(), self.max_batch())
     }
 
     pub(crate) fn check_out(op: &'static str, out: &MatMut<'_, T>, d: usize, b: usize) -> Result<()> {

@@ -9,6 +9,7 @@ use faer::{unzip, zip, Accum, MatMut, MatRef};
 
 use super::{BackwardStats, LinearGrads, LinearWorkspace, SelfNormLinear};
 use crate::error::{check_shape, Error, Result};
+use crate::layers::check_backward_operands;
 use crate::real::Real;
 use crate::util::{par_cols, set_scaled_row_sums};
 
@@ -64,11 +65,7 @@ impl<T: Real> SelfNormLinear<T> {
         self.check_grads(OP, grads)?;
         let b = self.check_after_forward(OP, x, ws)?;
         let d = self.dim();
-        check_shape(OP, (d, b), (dz.nrows(), dz.ncols()))?;
-        LinearWorkspace::check_out(OP, &dx, d, b)?;
-        if !lambda.is_finite() {
-            return Err(Error::NonFinite { op: OP });
-        }
+        check_backward_operands(OP, d, b, &[(dz.nrows(), dz.ncols()), (dx.nrows(), dx.ncols())], lambda)?;
         let par = ws.par;
         let (one, half) = (T::from_f64(1.0), T::from_f64(0.5));
         let inv_b = T::from_f64(1.0 / b as f64);
@@ -137,13 +134,8 @@ impl<T: Real> SelfNormLinear<T> {
         self.check_grads(OP, grads)?;
         let b = self.check_after_forward(OP, x, ws)?;
         let d = self.dim();
-        check_shape(OP, (d, b), (dz_f.nrows(), dz_f.ncols()))?;
-        check_shape(OP, (d, b), (dz_g.nrows(), dz_g.ncols()))?;
-        LinearWorkspace::check_out(OP, &dx_f, d, b)?;
-        LinearWorkspace::check_out(OP, &dx_g, d, b)?;
-        if !lambda.is_finite() {
-            return Err(Error::NonFinite { op: OP });
-        }
+        let shapes = [(dz_f.nrows(), dz_f.ncols()), (dz_g.nrows(), dz_g.ncols()), (dx_f.nrows(), dx_f.ncols()), (dx_g.nrows(), dx_g.ncols())];
+        check_backward_operands(OP, d, b, &shapes, lambda)?;
         if ws.exact.as_ref().and_then(|e| e.g_batch) != Some(b) {
             return Err(Error::InvalidArgument {
                 op: OP,

@@ -2,7 +2,7 @@
 
 use faer::{Mat, MatMut, MatRef, Par};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exact::Lu;
 use crate::real::Real;
 
@@ -77,17 +77,7 @@ impl<T: Real> LinearWorkspace<T> {
 
     /// Check a `D x B` batch against this workspace and return `B`.
     pub(crate) fn check_batch(&self, op: &'static str, a: MatRef<'_, T>) -> Result<usize> {
-        let (d, b) = (self.dim(), a.ncols());
-        if a.nrows() != d {
-            return Err(Error::ShapeMismatch { op, expected: (d, b), got: (a.nrows(), b) });
-        }
-        if b == 0 || b > self.max_batch() {
-            return Err(Error::InvalidArgument {
-                op,
-                reason: format!("batch of {b} columns; this workspace holds 1..={}", self.max_batch()),
-            });
-        }
-        Ok(b)
+        crate::layers::check_batch(op, a, self.dim(), self.max_batch())
     }
 
     /// Check an output buffer has exactly the shape `(d, b)`.
