@@ -45,6 +45,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Reading a data set failed (see [`DataError`]).
+    #[error(transparent)]
+    Data(#[from] DataError),
     /// An input or a result holds NaN or an infinity.
     #[error("{op}: non-finite value (NaN or infinity)")]
     NonFinite {
@@ -63,6 +66,58 @@ pub enum Error {
         pivot: f64,
         /// Magnitude of the largest pivot.
         max_pivot: f64,
+    },
+}
+
+/// Everything that can go wrong reading a data set from disk.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// The file could not be opened or read, or a gzip stream is corrupt.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's (or the decompressor's) message.
+        reason: String,
+    },
+    /// The IDX header is malformed: wrong magic number, unsupported element type, or
+    /// the wrong number of dimensions for what was asked.
+    #[error("{path}: not an IDX file of the expected kind: {reason}")]
+    BadHeader {
+        /// The file.
+        path: String,
+        /// What is wrong with the header.
+        reason: String,
+    },
+    /// The payload is shorter or longer than the header's dimensions say.
+    #[error("{path}: IDX payload has {got} bytes, the header's dimensions need {expected}")]
+    WrongLength {
+        /// The file.
+        path: String,
+        /// Bytes the dimensions imply.
+        expected: u64,
+        /// Bytes present.
+        got: u64,
+    },
+    /// A file's SHA-256 does not match its line in the checksum list.
+    #[error("{path}: SHA-256 {got} does not match the expected {expected}")]
+    Checksum {
+        /// The file.
+        path: String,
+        /// The hex digest listed.
+        expected: String,
+        /// The hex digest computed.
+        got: String,
+    },
+    /// The data set's files disagree with each other or with the data set's definition
+    /// (image and label counts, image size, label range, a missing checksum line).
+    #[error("{path}: {reason}")]
+    Inconsistent {
+        /// The file (or folder) concerned.
+        path: String,
+        /// What disagrees.
+        reason: String,
     },
 }
 

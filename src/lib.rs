@@ -87,6 +87,7 @@
 #![warn(rustdoc::broken_intra_doc_links)]
 
 pub mod conv;
+pub mod data;
 pub mod error;
 pub mod exact;
 pub mod grad;
@@ -96,7 +97,7 @@ pub mod optim;
 pub mod real;
 mod util;
 
-pub use error::{Error, Result};
+pub use error::{DataError, Error, Result};
 pub use real::Real;
 
 /// The README's Rust example runs as a doctest.

@@ -1,0 +1,87 @@
+//! The IDX format of the MNIST files: a big-endian header (two zero bytes, an element
+//! type code, the number of dimensions, then one `u32` per dimension) followed by the
+//! elements. Only unsigned bytes (type `0x08`) are supported, which is what MNIST uses.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::DataError;
+
+/// Largest payload accepted (1 GiB), so a corrupt header cannot ask for an absurd buffer.
+const MAX_BYTES: u64 = 1 << 30;
+
+/// An IDX array of unsigned bytes: its dimensions and its elements in row-major order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdxArray {
+    /// The dimensions, outermost first (e.g. `[60000, 28, 28]`).
+    pub dims: Vec<usize>,
+    /// The elements, `dims.iter().product()` of them.
+    pub data: Vec<u8>,
+}
+
+/// Parse an IDX byte buffer (already decompressed). `path` only labels errors.
+///
+/// # Errors
+/// [`DataError::BadHeader`] for a wrong magic number, an element type other than
+/// unsigned byte, or zero dimensions; [`DataError::WrongLength`] when the payload is not
+/// exactly as long as the dimensions say (or longer than 1 GiB).
+pub fn parse_idx(bytes: &[u8], path: &str) -> Result<IdxArray, DataError> {
+    let bad = |reason: String| DataError::BadHeader { path: path.to_string(), reason };
+    let [z0, z1, ty, nd, ..] = *bytes else {
+        return Err(bad(format!("{} bytes is too short for a header", bytes.len())));
+    };
+    if (z0, z1) != (0, 0) {
+        return Err(bad(format!("magic number starts with {z0:#04x} {z1:#04x}, not two zero bytes")));
+    }
+    if ty != 0x08 {
+        return Err(bad(format!("element type {ty:#04x} is not unsigned byte (0x08)")));
+    }
+    let nd = nd as usize;
+    if nd == 0 {
+        return Err(bad("zero dimensions".into()));
+    }
+    let header = 4 + 4 * nd;
+    let Some(dim_bytes) = bytes.get(4..header) else {
+        return Err(bad(format!("{} bytes is too short for {nd} dimensions", bytes.len())));
+    };
+    let dims: Vec<usize> = dim_bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let got = (bytes.len() - header) as u64;
+    let expected = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).filter(|&n| n <= MAX_BYTES);
+    match expected {
+        Some(n) if n == got => Ok(IdxArray { dims, data: bytes[header..].to_vec() }),
+        Some(n) => Err(DataError::WrongLength { path: path.to_string(), expected: n, got }),
+        None => Err(DataError::WrongLength { path: path.to_string(), expected: u64::MAX, got }),
+    }
+}
+
+/// Read a whole file, transparently decompressing gzip (detected by its magic bytes,
+/// not by the name).
+///
+/// # Errors
+/// [`DataError::Io`] if the file cannot be read or the gzip stream is corrupt.
+pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+    let io = |e: std::io::Error| DataError::Io { path: path.display().to_string(), reason: e.to_string() };
+    let raw = std::fs::read(path).map_err(io)?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX_BYTES + 1)
+            .read_to_end(&mut out)
+            .map_err(io)?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Read and parse an IDX file, gzip-compressed or raw.
+///
+/// # Errors
+/// As [`read_maybe_gz`] and [`parse_idx`].
+pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
+    let bytes = read_maybe_gz(path)?;
+    parse_idx(&bytes, &path.display().to_string())
+}
