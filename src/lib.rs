@@ -86,6 +86,7 @@
 #![deny(missing_docs)]
 #![warn(rustdoc::broken_intra_doc_links)]
 
+pub mod activation;
 pub mod conv;
 pub mod data;
 pub mod error;

@@ -1,0 +1,113 @@
+//! Element-wise invertible activations $z_i = f(x_i)$, with the per-example log-det
+//! $\sum_i\log|f'(x_i)|$ and the backward rule of the layers' delta convention
+//! ([`crate::layers`]): with $\delta_z = \partial\log p/\partial z$,
+//! $$\delta_x = f'(x)\odot\delta_z + \frac{d}{dx}\log|f'(x)|,$$
+//! the second term being the gradient of the activation's own log-det.
+//!
+//! | activation | $f(x)$ | inverse |
+//! |---|---|---|
+//! | [`SmoothLeakyRelu`] | $\alpha x + (1-\alpha)\log(1 + e^x)$ | safeguarded Newton |
+//! | [`LeakyRelu`] | $x$ for $x \ge 0$, $s x$ otherwise | closed form |
+
+mod leaky_relu;
+mod smooth_leaky_relu;
+
+pub use leaky_relu::LeakyRelu;
+pub use smooth_leaky_relu::SmoothLeakyRelu;
+
+use faer::{MatMut, MatRef};
+
+use crate::error::{check_shape, Error, Result};
+use crate::real::Real;
+
+/// A scalar, strictly increasing, differentiable bijection of $\mathbb R$.
+pub trait ScalarBijection: Send + Sync {
+    /// $f(x)$.
+    fn value(&self, x: f64) -> f64;
+    /// $f'(x) > 0$.
+    fn derivative(&self, x: f64) -> f64;
+    /// $\log f'(x)$.
+    fn log_derivative(&self, x: f64) -> f64;
+    /// $\frac{d}{dx}\log f'(x)$.
+    fn log_derivative_grad(&self, x: f64) -> f64;
+    /// $f^{-1}(y)$.
+    fn inverse(&self, y: f64) -> f64;
+}
+
+/// Apply `f` to a `D x B` batch: `z = f(x)`, and add $\sum_i\log f'(x_{ib})$ to `logdet[b]`.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] on mismatched shapes or a `logdet` of the wrong length.
+pub fn forward<T: Real>(f: &impl ScalarBijection, x: MatRef<'_, T>, z: MatMut<'_, T>, logdet: &mut [f64]) -> Result<()> {
+    const OP: &str = "activation::forward";
+    check_shape(OP, (x.nrows(), x.ncols()), (z.nrows(), z.ncols()))?;
+    check_shape(OP, (x.ncols(), 1), (logdet.len(), 1))?;
+    let mut z = z;
+    for j in 0..x.ncols() {
+        let mut ld = 0.0;
+        for i in 0..x.nrows() {
+            let v = x[(i, j)].as_f64();
+            z[(i, j)] = T::from_f64(f.value(v));
+            ld += f.log_derivative(v);
+        }
+        logdet[j] += ld;
+    }
+    Ok(())
+}
+
+/// Backward: $\delta_x = f'(x)\odot\delta_z + \frac{d}{dx}\log f'(x)$.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] on mismatched shapes.
+pub fn backward<T: Real>(f: &impl ScalarBijection, x: MatRef<'_, T>, dz: MatRef<'_, T>, dx: MatMut<'_, T>) -> Result<()> {
+    const OP: &str = "activation::backward";
+    check_shape(OP, (x.nrows(), x.ncols()), (dz.nrows(), dz.ncols()))?;
+    check_shape(OP, (x.nrows(), x.ncols()), (dx.nrows(), dx.ncols()))?;
+    let mut dx = dx;
+    for j in 0..x.ncols() {
+        for i in 0..x.nrows() {
+            let v = x[(i, j)].as_f64();
+            dx[(i, j)] = T::from_f64(f.derivative(v) * dz[(i, j)].as_f64() + f.log_derivative_grad(v));
+        }
+    }
+    Ok(())
+}
+
+/// Inverse: `x = f^{-1}(z)`.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] on mismatched shapes; [`Error::NonFinite`] if `z` holds a
+/// non-finite value or an inverse falls outside the floating-point range.
+pub fn inverse<T: Real>(f: &impl ScalarBijection, z: MatRef<'_, T>, x: MatMut<'_, T>) -> Result<()> {
+    const OP: &str = "activation::inverse";
+    check_shape(OP, (z.nrows(), z.ncols()), (x.nrows(), x.ncols()))?;
+    let mut x = x;
+    for j in 0..z.ncols() {
+        for i in 0..z.nrows() {
+            let v = f.inverse(z[(i, j)].as_f64());
+            let t = T::from_f64(v);
+            if !t.is_finite() {
+                return Err(Error::NonFinite { op: OP });
+            }
+            x[(i, j)] = t;
+        }
+    }
+    Ok(())
+}
+
+/// Numerically stable $\log(1 + e^x)$.
+#[inline]
+pub(crate) fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+/// Numerically stable logistic $\sigma(x) = 1/(1 + e^{-x})$.
+#[inline]
+pub(crate) fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
