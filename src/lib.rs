@@ -91,6 +91,7 @@ pub mod conv;
 pub mod data;
 pub mod error;
 pub mod exact;
+pub mod flow;
 pub mod grad;
 pub mod init;
 pub mod layers;

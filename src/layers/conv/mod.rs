@@ -171,6 +171,12 @@ impl<T: Real> Conv2dGrads<T> {
     pub fn b(&self) -> Option<MatRef<'_, T>> {
         self.b.as_ref().map(|b| b.as_ref())
     }
+    /// Multiply every block by `s` (gradient clipping).
+    pub fn scale(&mut self, s: T) {
+        for m in [Some(&mut self.w), Some(&mut self.r), self.b.as_mut()].into_iter().flatten() {
+            faer::zip!(m.as_mut()).for_each(|faer::unzip!(v)| *v = *v * s);
+        }
+    }
     /// The blocks in parameter order `[w, r, b?]`, for [`angle_degrees`](crate::grad::angle_degrees).
     pub fn blocks(&self) -> impl Iterator<Item = MatRef<'_, T>> {
         [Some(self.w()), Some(self.r()), self.b()].into_iter().flatten()

@@ -148,4 +148,23 @@ impl<T: Real> ExactLinear<T> {
     pub fn log_abs_det(&self) -> Result<f64> {
         crate::exact::log_abs_det(self.w.as_ref())
     }
+
+    /// The inverse $x = W^{-1}(z - b)$ by LU (sampling).
+    ///
+    /// # Errors
+    /// Shape errors, [`Error::Singular`] / [`Error::NonFinite`] from the LU.
+    pub fn inverse(&self, z: MatRef<'_, T>, x: MatMut<'_, T>, ws: &mut ExactLinearWorkspace<T>) -> Result<()> {
+        const OP: &str = "ExactLinear::inverse";
+        let b = self.check(OP, ws, z)?;
+        check_shape(OP, (self.dim(), b), (x.nrows(), x.ncols()))?;
+        let mut x = x;
+        x.copy_from(z);
+        if let Some(bias) = self.b.as_ref() {
+            for j in 0..b {
+                zip!(x.rb_mut().col_mut(j), bias.col(0)).for_each(|unzip!(x, b)| *x = *x - *b);
+            }
+        }
+        ws.lu.factor(self.w.as_ref())?;
+        ws.lu.solve_in_place(x)
+    }
 }

@@ -94,6 +94,12 @@ impl<T: Real> LinearGrads<T> {
     pub fn b(&self) -> Option<MatRef<'_, T>> {
         self.b.as_ref().map(|b| b.as_ref())
     }
+    /// Multiply every block by `s` (gradient clipping).
+    pub fn scale(&mut self, s: T) {
+        for m in [Some(&mut self.w), Some(&mut self.rt), self.b.as_mut()].into_iter().flatten() {
+            faer::zip!(m.as_mut()).for_each(|faer::unzip!(v)| *v = *v * s);
+        }
+    }
     /// The gradient blocks in parameter order `[W, R, b?]`, for
     /// [`angle_degrees`](crate::grad::angle_degrees).
     pub fn blocks(&self) -> impl Iterator<Item = MatRef<'_, T>> {
