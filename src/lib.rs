@@ -97,6 +97,7 @@ pub mod init;
 pub mod layers;
 pub mod optim;
 pub mod real;
+pub mod train;
 mod util;
 
 pub use error::{DataError, Error, Result};

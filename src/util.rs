@@ -139,6 +139,19 @@ impl<T: Real> Splittable for MatRef<'_, T> {
     }
 }
 
+/// Per-column scalars (e.g. per-example log-dets) split along with the columns.
+impl Splittable for &mut [f64] {
+    fn ncols(&self) -> usize {
+        self.len()
+    }
+    fn nrows(&self) -> usize {
+        1
+    }
+    fn split(self, at: usize) -> (Self, Self) {
+        self.split_at_mut(at)
+    }
+}
+
 impl<A: Splittable, B: Splittable> Splittable for (A, B) {
     fn ncols(&self) -> usize {
         self.0.ncols()

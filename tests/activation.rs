@@ -1,7 +1,7 @@
 //! Activations: values against closed forms, derivatives and log-det gradients against
 //! central differences, inverses to 1e-12 over the whole f64 range, batch functions.
 
-use faer::Mat;
+use faer::{Mat, Par};
 use proptest::prelude::*;
 use snf::activation::{self, LeakyRelu, ScalarBijection, SmoothLeakyRelu};
 
@@ -84,14 +84,14 @@ fn batch_functions_agree_with_the_scalar_ones() {
     let x = Mat::from_fn(5, 3, |i, j| (i as f64 - 2.0) * 1.7 + j as f64 * 0.3);
     let mut z = Mat::zeros(5, 3);
     let mut ld = vec![1.0; 3];
-    activation::forward(&f, x.as_ref(), z.as_mut(), &mut ld).unwrap();
+    activation::forward(&f, x.as_ref(), z.as_mut(), &mut ld, Par::Seq).unwrap();
     for j in 0..3 {
         let want: f64 = 1.0 + (0..5).map(|i| f.log_derivative(x[(i, j)])).sum::<f64>();
         assert!((ld[j] - want).abs() < 1e-14);
     }
     let dz = Mat::from_fn(5, 3, |i, j| -z[(i, j)]);
     let mut dx = Mat::zeros(5, 3);
-    activation::backward(&f, x.as_ref(), dz.as_ref(), dx.as_mut()).unwrap();
+    activation::backward(&f, x.as_ref(), dz.as_ref(), dx.as_mut(), Par::Seq).unwrap();
     // d/dx [log N(f(x)) + log f'(x)] by central differences, per entry
     let h = 1e-6;
     for j in 0..3 {
@@ -108,12 +108,12 @@ fn batch_functions_agree_with_the_scalar_ones() {
             assert!((back[(i, j)] - x[(i, j)]).abs() < 1e-12);
         }
     }
-    assert!(activation::forward(&f, x.as_ref(), z.as_mut(), &mut [0.0; 2]).is_err());
-    assert!(activation::backward(&f, x.as_ref(), dz.subrows(0, 4), dx.as_mut()).is_err());
+    assert!(activation::forward(&f, x.as_ref(), z.as_mut(), &mut [0.0; 2], Par::Seq).is_err());
+    assert!(activation::backward(&f, x.as_ref(), dz.subrows(0, 4), dx.as_mut(), Par::Seq).is_err());
     // leaky ReLU log-det counts negative inputs: ln(0.2) per negative entry
     let g = LeakyRelu::new(0.2).unwrap();
     let mut ld = vec![0.0; 3];
-    activation::forward(&g, x.as_ref(), z.as_mut(), &mut ld).unwrap();
+    activation::forward(&g, x.as_ref(), z.as_mut(), &mut ld, Par::Seq).unwrap();
     let negatives = (0..5).filter(|&i| x[(i, 0)] < 0.0).count();
     assert!((ld[0] - negatives as f64 * 0.2f64.ln()).abs() < 1e-14);
     assert!(LeakyRelu::new(0.0).is_err() && LeakyRelu::new(-1.0).is_err());

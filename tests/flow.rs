@@ -225,13 +225,13 @@ fn snf_sweep_matches_layer_by_layer_backward() {
     let (mut w1, mut w2) = (LinearWorkspace::new(d, 4, Par::Seq), LinearWorkspace::new(d, 4, Par::Seq));
     let (mut h1, mut a1, mut z) = (Mat::zeros(d, 4), Mat::zeros(d, 4), Mat::zeros(d, 4));
     l1.forward(x.as_ref(), h1.as_mut(), &mut w1).unwrap();
-    snf::activation::forward(&slr(), h1.as_ref(), a1.as_mut(), &mut [0.0; 4]).unwrap();
+    snf::activation::forward(&slr(), h1.as_ref(), a1.as_mut(), &mut [0.0; 4], Par::Seq).unwrap();
     l2.forward(a1.as_ref(), z.as_mut(), &mut w2).unwrap();
     let dz = Mat::from_fn(d, 4, |i, j| -z[(i, j)]);
     let (mut da1, mut dh1, mut dx) = (Mat::zeros(d, 4), Mat::zeros(d, 4), Mat::zeros(d, 4));
     let (mut g1, mut g2) = (l1.zero_grads(), l2.zero_grads());
     let s2 = l2.backward(a1.as_ref(), dz.as_ref(), da1.as_mut(), &mut g2, &mut w2, 1.3).unwrap();
-    snf::activation::backward(&slr(), h1.as_ref(), da1.as_ref(), dh1.as_mut()).unwrap();
+    snf::activation::backward(&slr(), h1.as_ref(), da1.as_ref(), dh1.as_mut(), Par::Seq).unwrap();
     let s1 = l1.backward(x.as_ref(), dh1.as_ref(), dx.as_mut(), &mut g1, &mut w1, 1.3).unwrap();
     let (LayerGrads::Linear(f1), LayerGrads::Linear(f2)) = (&grads.layers[0], &grads.layers[2]) else { panic!() };
     assert_eq!(f1, &g1);

@@ -15,10 +15,12 @@ mod smooth_leaky_relu;
 pub use leaky_relu::LeakyRelu;
 pub use smooth_leaky_relu::SmoothLeakyRelu;
 
-use faer::{MatMut, MatRef};
+use faer::reborrow::ReborrowMut;
+use faer::{unzip, zip, MatMut, MatRef, Par};
 
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
+use crate::util::par_cols;
 
 /// A scalar, strictly increasing, differentiable bijection of $\mathbb R$.
 pub trait ScalarBijection: Send + Sync {
@@ -35,41 +37,55 @@ pub trait ScalarBijection: Send + Sync {
 }
 
 /// Apply `f` to a `D x B` batch: `z = f(x)`, and add $\sum_i\log f'(x_{ib})$ to `logdet[b]`.
+/// Columns run in parallel under `par` (contiguous column blocks, no allocation).
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] on mismatched shapes or a `logdet` of the wrong length.
-pub fn forward<T: Real>(f: &impl ScalarBijection, x: MatRef<'_, T>, z: MatMut<'_, T>, logdet: &mut [f64]) -> Result<()> {
+pub fn forward<T: Real>(
+    f: &impl ScalarBijection,
+    x: MatRef<'_, T>,
+    z: MatMut<'_, T>,
+    logdet: &mut [f64],
+    par: Par,
+) -> Result<()> {
     const OP: &str = "activation::forward";
     check_shape(OP, (x.nrows(), x.ncols()), (z.nrows(), z.ncols()))?;
     check_shape(OP, (x.ncols(), 1), (logdet.len(), 1))?;
-    let mut z = z;
-    for j in 0..x.ncols() {
-        let mut ld = 0.0;
-        for i in 0..x.nrows() {
-            let v = x[(i, j)].as_f64();
-            z[(i, j)] = T::from_f64(f.value(v));
-            ld += f.log_derivative(v);
+    par_cols(((x, z), logdet), par, &|((x, mut z), ld): ((MatRef<'_, T>, MatMut<'_, T>), &mut [f64])| {
+        for (j, l) in ld.iter_mut().enumerate() {
+            let (xj, zj) = (x.col(j), z.rb_mut().col_mut(j));
+            let mut acc = 0.0;
+            for (zi, xi) in zj.iter_mut().zip(xj.iter()) {
+                let v = xi.as_f64();
+                *zi = T::from_f64(f.value(v));
+                acc += f.log_derivative(v);
+            }
+            *l += acc;
         }
-        logdet[j] += ld;
-    }
+    });
     Ok(())
 }
 
-/// Backward: $\delta_x = f'(x)\odot\delta_z + \frac{d}{dx}\log f'(x)$.
+/// Backward: $\delta_x = f'(x)\odot\delta_z + \frac{d}{dx}\log f'(x)$, columns in parallel.
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] on mismatched shapes.
-pub fn backward<T: Real>(f: &impl ScalarBijection, x: MatRef<'_, T>, dz: MatRef<'_, T>, dx: MatMut<'_, T>) -> Result<()> {
+pub fn backward<T: Real>(
+    f: &impl ScalarBijection,
+    x: MatRef<'_, T>,
+    dz: MatRef<'_, T>,
+    dx: MatMut<'_, T>,
+    par: Par,
+) -> Result<()> {
     const OP: &str = "activation::backward";
     check_shape(OP, (x.nrows(), x.ncols()), (dz.nrows(), dz.ncols()))?;
     check_shape(OP, (x.nrows(), x.ncols()), (dx.nrows(), dx.ncols()))?;
-    let mut dx = dx;
-    for j in 0..x.ncols() {
-        for i in 0..x.nrows() {
-            let v = x[(i, j)].as_f64();
-            dx[(i, j)] = T::from_f64(f.derivative(v) * dz[(i, j)].as_f64() + f.log_derivative_grad(v));
-        }
-    }
+    par_cols(((x, dz), dx), par, &|((x, dz), dx): ((MatRef<'_, T>, MatRef<'_, T>), MatMut<'_, T>)| {
+        zip!(x, dz, dx).for_each(|unzip!(x, dz, dx)| {
+            let v = x.as_f64();
+            *dx = T::from_f64(f.derivative(v) * dz.as_f64() + f.log_derivative_grad(v));
+        })
+    });
     Ok(())
 }
 

@@ -72,8 +72,8 @@ impl<T: Real> LayerGrads<T> {
 /// Buffers of one layer.
 #[derive(Debug)]
 pub enum LayerWorkspace<T: Real> {
-    /// Parameter-free layers need none.
-    None,
+    /// Parameter-free (element-wise) layers need only the parallelism.
+    Elementwise(Par),
     /// For [`Layer::Linear`].
     Linear(LinearWorkspace<T>),
     /// For [`Layer::ExactLinear`].
@@ -82,6 +82,14 @@ pub enum LayerWorkspace<T: Real> {
     Conv(ConvWorkspace<T>),
     /// For [`Layer::ExactConv`].
     ExactConv(ExactConv2dWorkspace<T>),
+}
+
+/// The parallelism of an element-wise layer's workspace (sequential for any other kind).
+fn par_of<T: Real>(ws: &LayerWorkspace<T>) -> Par {
+    match ws {
+        LayerWorkspace::Elementwise(p) => *p,
+        _ => Par::Seq,
+    }
 }
 
 fn mismatch(op: &'static str) -> Error {
@@ -143,7 +151,7 @@ impl<T: Real> Layer<T> {
                 LayerWorkspace::Conv(if exact { ws.with_exact() } else { ws })
             }
             Layer::ExactConv(l) => LayerWorkspace::ExactConv(ExactConv2dWorkspace::new(l, par)),
-            _ => LayerWorkspace::None,
+            _ => LayerWorkspace::Elementwise(par),
         }
     }
 
@@ -155,10 +163,11 @@ impl<T: Real> Layer<T> {
     /// The layer's own errors; a workspace of another kind.
     pub fn forward(&self, x: MatRef<'_, T>, z: MatMut<'_, T>, ws: &mut LayerWorkspace<T>, logdet: &mut [f64]) -> Result<()> {
         const OP: &str = "Layer::forward";
+        let par = par_of(ws);
         match (self, ws) {
-            (Layer::Preprocess(p), _) => p.forward(x, z, logdet),
-            (Layer::SmoothLeakyRelu(f), _) => activation::forward(f, x, z, logdet),
-            (Layer::LeakyRelu(f), _) => activation::forward(f, x, z, logdet),
+            (Layer::Preprocess(p), _) => p.forward(x, z, logdet, par),
+            (Layer::SmoothLeakyRelu(f), _) => activation::forward(f, x, z, logdet, par),
+            (Layer::LeakyRelu(f), _) => activation::forward(f, x, z, logdet, par),
             (Layer::Linear(l), LayerWorkspace::Linear(ws)) => l.forward(x, z, ws),
             (Layer::ExactLinear(l), LayerWorkspace::ExactLinear(ws)) => l.forward(x, z, ws),
             (Layer::Conv(l), LayerWorkspace::Conv(ws)) => l.forward(x, z, ws),
@@ -185,9 +194,10 @@ impl<T: Real> Layer<T> {
         lambda: T,
     ) -> Result<f64> {
         const OP: &str = "Layer::backward";
+        let par = par_of(ws);
         match (self, ws, grads) {
-            (Layer::SmoothLeakyRelu(f), _, _) => activation::backward(f, x, dz, dx).map(|_| 0.0),
-            (Layer::LeakyRelu(f), _, _) => activation::backward(f, x, dz, dx).map(|_| 0.0),
+            (Layer::SmoothLeakyRelu(f), _, _) => activation::backward(f, x, dz, dx, par).map(|_| 0.0),
+            (Layer::LeakyRelu(f), _, _) => activation::backward(f, x, dz, dx, par).map(|_| 0.0),
             (Layer::Linear(l), LayerWorkspace::Linear(ws), LayerGrads::Linear(g)) => {
                 l.backward(x, dz, dx, g, ws, lambda).map(|s| s.reconstruction_error)
             }
@@ -235,14 +245,15 @@ impl<T: Real> Layer<T> {
         lambda: T,
     ) -> Result<()> {
         const OP: &str = "Layer::backward_exact";
+        let par = par_of(ws);
         match (self, ws, grads) {
             (Layer::SmoothLeakyRelu(f), _, _) => {
-                activation::backward(f, x, dz_f, dx_f)?;
-                activation::backward(f, x_g, dz_g, dx_g)
+                activation::backward(f, x, dz_f, dx_f, par)?;
+                activation::backward(f, x_g, dz_g, dx_g, par)
             }
             (Layer::LeakyRelu(f), _, _) => {
-                activation::backward(f, x, dz_f, dx_f)?;
-                activation::backward(f, x_g, dz_g, dx_g)
+                activation::backward(f, x, dz_f, dx_f, par)?;
+                activation::backward(f, x_g, dz_g, dx_g, par)
             }
             (Layer::Linear(l), LayerWorkspace::Linear(ws), LayerGrads::Linear(g)) => {
                 l.backward_exact(x, dz_f, dz_g, dx_f, dx_g, g, ws, lambda).map(|_| ())

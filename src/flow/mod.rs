@@ -13,6 +13,7 @@
 //! same sweep gives the $p^g$ half under the self-normalizing approximation.
 
 mod layer;
+pub mod models;
 mod preprocess;
 
 pub use layer::{Layer, LayerGrads, LayerWorkspace};

@@ -2,10 +2,12 @@
 //! dequantised pixels $y \in [0, 256)$ are scaled to $[0, 1)$, squeezed into
 //! $(\alpha, 1 - \alpha)$ and mapped through the logit.
 
-use faer::{MatMut, MatRef};
+use faer::reborrow::ReborrowMut;
+use faer::{MatMut, MatRef, Par};
 
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
+use crate::util::par_cols;
 
 /// $z = \mathrm{logit}(s)$, $s = \alpha + (1 - 2\alpha)\,y/256$, with per-pixel log-det
 /// $$\log\Big|\frac{dz}{dy}\Big| = -\log 256 + \log(1 - 2\alpha) - \log s - \log(1 - s).$$
@@ -39,27 +41,30 @@ impl Preprocess {
     /// # Errors
     /// Shape errors; [`Error::InvalidArgument`] if a value lies outside $[0, 256]$ (or, with
     /// $\alpha = 0$, on its boundary), where the logit is infinite or undefined.
-    pub fn forward<T: Real>(&self, y: MatRef<'_, T>, z: MatMut<'_, T>, logdet: &mut [f64]) -> Result<()> {
+    pub fn forward<T: Real>(&self, y: MatRef<'_, T>, z: MatMut<'_, T>, logdet: &mut [f64], par: Par) -> Result<()> {
         const OP: &str = "Preprocess::forward";
         check_shape(OP, (y.nrows(), y.ncols()), (z.nrows(), z.ncols()))?;
         check_shape(OP, (y.ncols(), 1), (logdet.len(), 1))?;
         let a = self.alpha;
-        let base = -(256f64.ln()) + (1.0 - 2.0 * a).ln();
-        let mut z = z;
-        for j in 0..y.ncols() {
-            let mut ld = 0.0;
-            for i in 0..y.nrows() {
-                let v = y[(i, j)].as_f64();
-                let s = a + (1.0 - 2.0 * a) * v / 256.0;
-                if !(s > 0.0 && s < 1.0) {
-                    return Err(Error::InvalidArgument { op: OP, reason: format!("pixel value {v} outside (0, 256) after the alpha squeeze") });
-                }
-                let (ls, l1s) = (s.ln(), (-s).ln_1p());
-                z[(i, j)] = T::from_f64(ls - l1s);
-                ld += base - ls - l1s;
-            }
-            logdet[j] += ld;
+        if let Some(v) = (0..y.ncols()).flat_map(|j| y.col(j).iter().copied()).find(|v| {
+            let s = a + (1.0 - 2.0 * a) * v.as_f64() / 256.0;
+            !(s > 0.0 && s < 1.0)
+        }) {
+            return Err(Error::InvalidArgument { op: OP, reason: format!("pixel value {} outside (0, 256) after the alpha squeeze", v.as_f64()) });
         }
+        let base = -(256f64.ln()) + (1.0 - 2.0 * a).ln();
+        par_cols(((y, z), logdet), par, &|((y, mut z), ld): ((MatRef<'_, T>, MatMut<'_, T>), &mut [f64])| {
+            for (j, l) in ld.iter_mut().enumerate() {
+                let mut acc = 0.0;
+                for (zi, yi) in z.rb_mut().col_mut(j).iter_mut().zip(y.col(j).iter()) {
+                    let s = a + (1.0 - 2.0 * a) * yi.as_f64() / 256.0;
+                    let (ls, l1s) = (s.ln(), (-s).ln_1p());
+                    *zi = T::from_f64(ls - l1s);
+                    acc += base - ls - l1s;
+                }
+                *l += acc;
+            }
+        });
         Ok(())
     }
 

@@ -1,0 +1,66 @@
+//! The reconstruction penalty λ: fixed, or a GECO-style Lagrange multiplier.
+
+/// λ of Eq. 3.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Lambda {
+    /// A constant λ.
+    Fixed(f64),
+    /// A multiplier steered so that the reconstruction error tracks a target.
+    Geco(Geco),
+}
+
+/// A GECO-style multiplier (Rezende & Viola, 2018): with $C_t$ an exponential moving
+/// average of the summed reconstruction error, $\log\lambda \mathrel{+}= \eta\,(C_t/c^\ast - 1)$,
+/// clamped to $[\lambda_{min}, \lambda_{max}]$. Unlike the authors' version, which only ever
+/// grows λ, this one moves both ways: λ shrinks while the error is below the target, so the
+/// likelihood is not penalised more than the constraint needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Geco {
+    /// Target reconstruction error $c^\ast$ (sum over layers, batch mean).
+    pub target: f64,
+    /// Step size $\eta$ on $\log\lambda$.
+    pub rate: f64,
+    /// EMA factor of the constraint (e.g. 0.99).
+    pub ema: f64,
+    /// Bounds on λ.
+    pub min: f64,
+    /// Upper bound on λ.
+    pub max: f64,
+    /// Current λ.
+    pub lambda: f64,
+    /// Current moving average of the error (`None` before the first update).
+    pub avg: Option<f64>,
+}
+
+impl Geco {
+    /// A multiplier starting at `lambda` that steers the error to `target`.
+    pub fn new(target: f64, lambda: f64) -> Self {
+        Self { target, rate: 1e-2, ema: 0.99, min: 1e-3, max: 1e6, lambda, avg: None }
+    }
+}
+
+impl Lambda {
+    /// The current λ.
+    pub fn value(&self) -> f64 {
+        match self {
+            Lambda::Fixed(l) => *l,
+            Lambda::Geco(g) => g.lambda,
+        }
+    }
+
+    /// Feed one step's reconstruction error.
+    pub fn update(&mut self, reconstruction_error: f64) {
+        if let Lambda::Geco(g) = self {
+            if !reconstruction_error.is_finite() || !(g.target > 0.0) {
+                return;
+            }
+            let avg = match g.avg {
+                None => reconstruction_error,
+                Some(a) => g.ema * a + (1.0 - g.ema) * reconstruction_error,
+            };
+            g.avg = Some(avg);
+            let step = g.rate * (avg / g.target - 1.0);
+            g.lambda = (g.lambda * step.clamp(-1.0, 1.0).exp()).clamp(g.min, g.max);
+        }
+    }
+}
