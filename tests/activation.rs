@@ -13,12 +13,12 @@ fn slr() -> SmoothLeakyRelu {
 fn smooth_leaky_relu_matches_its_definition() {
     let f = slr();
     // f(0) = (1 - a) ln 2, f'(0) = a + (1 - a)/2
-    assert!((f.value(0.0) - 0.7 * 2f64.ln()).abs() < 1e-15);
-    assert!((f.derivative(0.0) - 0.65).abs() < 1e-15);
+    assert!((f.value(0.0f64) - 0.7 * 2f64.ln()).abs() < 1e-15);
+    assert!((f.derivative(0.0f64) - 0.65).abs() < 1e-15);
     // asymptotes: slope a at -inf, 1 at +inf (no overflow at the extremes)
-    assert!((f.value(-800.0) - 0.3 * -800.0).abs() < 1e-12);
-    assert!((f.value(800.0) - 800.0).abs() < 1e-12);
-    assert!(f.value(1e300).is_finite() && f.value(-1e300).is_finite());
+    assert!((f.value(-800.0f64) - 0.3 * -800.0).abs() < 1e-12);
+    assert!((f.value(800.0f64) - 800.0).abs() < 1e-12);
+    assert!(f.value(1e300f64).is_finite() && f.value(-1e300f64).is_finite());
     assert!(SmoothLeakyRelu::new(0.0).is_err() && SmoothLeakyRelu::new(1.0).is_err() && SmoothLeakyRelu::new(f64::NAN).is_err());
 }
 
@@ -60,6 +60,22 @@ proptest! {
     }
 }
 
+/// The fused evaluations equal the separate ones (f64 to rounding; f32 to f32 rounding).
+#[test]
+fn fused_evaluations_agree() {
+    let f = slr();
+    for i in -200..=200 {
+        let x = i as f64 * 0.173;
+        let (v, l) = f.value_and_log_derivative(x);
+        assert!((v - f.value(x)).abs() <= 1e-14 * v.abs().max(1.0));
+        assert!((l - f.log_derivative(x)).abs() <= 1e-14);
+        let (d, g) = f.derivative_and_log_derivative_grad(x);
+        assert!((d - f.derivative(x)).abs() <= 1e-15 && (g - f.log_derivative_grad(x)).abs() <= 1e-15);
+        let (v32, l32) = f.value_and_log_derivative(x as f32);
+        assert!((v32 as f64 - v).abs() <= 1e-6 * v.abs().max(1.0) && (l32 as f64 - l).abs() <= 1e-6);
+    }
+}
+
 #[test]
 fn inverse_handles_the_edges() {
     let f = slr();
@@ -72,7 +88,7 @@ fn inverse_handles_the_edges() {
     let mut x = Mat::zeros(1, 1);
     assert!(matches!(activation::inverse(&f, z.as_ref(), x.as_mut()), Err(snf::Error::NonFinite { .. })));
     // exactly at the kink-free origin region
-    for y in [0.0, 1e-300, -1e-300, f.value(0.0)] {
+    for y in [0.0, 1e-300, -1e-300, f.value(0.0f64)] {
         assert!((f.value(f.inverse(y)) - y).abs() <= 1e-15);
     }
 }

@@ -1,6 +1,7 @@
 //! Leaky ReLU.
 
 use super::ScalarBijection;
+use crate::real::Real;
 
 /// $f(x) = x$ for $x \ge 0$ and $s x$ for $x < 0$, with slope $s > 0$.
 ///
@@ -29,17 +30,17 @@ impl LeakyRelu {
 }
 
 impl ScalarBijection for LeakyRelu {
-    fn value(&self, x: f64) -> f64 {
-        if x >= 0.0 { x } else { self.slope * x }
+    fn value<F: Real>(&self, x: F) -> F {
+        if x >= F::zero() { x } else { F::from_f64(self.slope) * x }
     }
-    fn derivative(&self, x: f64) -> f64 {
-        if x >= 0.0 { 1.0 } else { self.slope }
+    fn derivative<F: Real>(&self, x: F) -> F {
+        if x >= F::zero() { F::one() } else { F::from_f64(self.slope) }
     }
-    fn log_derivative(&self, x: f64) -> f64 {
-        if x >= 0.0 { 0.0 } else { self.slope.ln() }
+    fn log_derivative<F: Real>(&self, x: F) -> F {
+        if x >= F::zero() { F::zero() } else { F::from_f64(self.slope.ln()) }
     }
-    fn log_derivative_grad(&self, _x: f64) -> f64 {
-        0.0
+    fn log_derivative_grad<F: Real>(&self, _x: F) -> F {
+        F::zero()
     }
     fn inverse(&self, y: f64) -> f64 {
         if y >= 0.0 { y } else { y / self.slope }

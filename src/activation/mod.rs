@@ -22,18 +22,27 @@ use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
 use crate::util::par_cols;
 
-/// A scalar, strictly increasing, differentiable bijection of $\mathbb R$.
+/// A scalar, strictly increasing, differentiable bijection of $\mathbb R$, evaluated in
+/// the precision of the batch (`f32` or `f64`); the inverse always runs in `f64`.
 pub trait ScalarBijection: Send + Sync {
     /// $f(x)$.
-    fn value(&self, x: f64) -> f64;
+    fn value<F: Real>(&self, x: F) -> F;
     /// $f'(x) > 0$.
-    fn derivative(&self, x: f64) -> f64;
+    fn derivative<F: Real>(&self, x: F) -> F;
     /// $\log f'(x)$.
-    fn log_derivative(&self, x: f64) -> f64;
+    fn log_derivative<F: Real>(&self, x: F) -> F;
     /// $\frac{d}{dx}\log f'(x)$.
-    fn log_derivative_grad(&self, x: f64) -> f64;
+    fn log_derivative_grad<F: Real>(&self, x: F) -> F;
     /// $f^{-1}(y)$.
     fn inverse(&self, y: f64) -> f64;
+    /// $(f(x), \log f'(x))$ together (override to share work between them).
+    fn value_and_log_derivative<F: Real>(&self, x: F) -> (F, F) {
+        (self.value(x), self.log_derivative(x))
+    }
+    /// $(f'(x), \frac{d}{dx}\log f'(x))$ together (override to share work between them).
+    fn derivative_and_log_derivative_grad<F: Real>(&self, x: F) -> (F, F) {
+        (self.derivative(x), self.log_derivative_grad(x))
+    }
 }
 
 /// Apply `f` to a `D x B` batch: `z = f(x)`, and add $\sum_i\log f'(x_{ib})$ to `logdet[b]`.
@@ -56,9 +65,9 @@ pub fn forward<T: Real>(
             let (xj, zj) = (x.col(j), z.rb_mut().col_mut(j));
             let mut acc = 0.0;
             for (zi, xi) in zj.iter_mut().zip(xj.iter()) {
-                let v = xi.as_f64();
-                *zi = T::from_f64(f.value(v));
-                acc += f.log_derivative(v);
+                let (v, ld) = f.value_and_log_derivative(*xi);
+                *zi = v;
+                acc += ld.as_f64();
             }
             *l += acc;
         }
@@ -82,8 +91,8 @@ pub fn backward<T: Real>(
     check_shape(OP, (x.nrows(), x.ncols()), (dx.nrows(), dx.ncols()))?;
     par_cols(((x, dz), dx), par, &|((x, dz), dx): ((MatRef<'_, T>, MatRef<'_, T>), MatMut<'_, T>)| {
         zip!(x, dz, dx).for_each(|unzip!(x, dz, dx)| {
-            let v = x.as_f64();
-            *dx = T::from_f64(f.derivative(v) * dz.as_f64() + f.log_derivative_grad(v));
+            let (d, g) = f.derivative_and_log_derivative_grad(*x);
+            *dx = d * *dz + g;
         })
     });
     Ok(())
@@ -113,17 +122,20 @@ pub fn inverse<T: Real>(f: &impl ScalarBijection, z: MatRef<'_, T>, x: MatMut<'_
 
 /// Numerically stable $\log(1 + e^x)$.
 #[inline]
-pub(crate) fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
+pub(crate) fn softplus<F: Real>(x: F) -> F {
+    use num_traits::Float;
+    Float::max(x, F::zero()) + Float::ln_1p(Float::exp(-Float::abs(x)))
 }
 
 /// Numerically stable logistic $\sigma(x) = 1/(1 + e^{-x})$.
 #[inline]
-pub(crate) fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
+pub(crate) fn sigmoid<F: Real>(x: F) -> F {
+    use num_traits::Float;
+    let one = F::one();
+    if x >= F::zero() {
+        one / (one + Float::exp(-x))
     } else {
-        let e = x.exp();
-        e / (1.0 + e)
+        let e = Float::exp(x);
+        e / (one + e)
     }
 }

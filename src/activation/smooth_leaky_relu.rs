@@ -1,6 +1,9 @@
 //! The smooth leaky ReLU of Gresele et al. (2020), used between the FC layers.
 
+use num_traits::Float;
+
 use super::{sigmoid, softplus, ScalarBijection};
+use crate::real::Real;
 
 /// $f(x) = \alpha x + (1-\alpha)\,\mathrm{softplus}(x)$ with $0 < \alpha < 1$ (the paper uses
 /// $\alpha = 0.3$).
@@ -47,18 +50,34 @@ impl SmoothLeakyRelu {
 }
 
 impl ScalarBijection for SmoothLeakyRelu {
-    fn value(&self, x: f64) -> f64 {
-        self.alpha * x + (1.0 - self.alpha) * softplus(x)
+    fn value<F: Real>(&self, x: F) -> F {
+        let a = F::from_f64(self.alpha);
+        a * x + (F::one() - a) * softplus(x)
     }
-    fn derivative(&self, x: f64) -> f64 {
-        self.alpha + (1.0 - self.alpha) * sigmoid(x)
+    fn derivative<F: Real>(&self, x: F) -> F {
+        let a = F::from_f64(self.alpha);
+        a + (F::one() - a) * sigmoid(x)
     }
-    fn log_derivative(&self, x: f64) -> f64 {
-        self.derivative(x).ln()
+    fn log_derivative<F: Real>(&self, x: F) -> F {
+        Float::ln(self.derivative(x))
     }
-    fn log_derivative_grad(&self, x: f64) -> f64 {
+    fn log_derivative_grad<F: Real>(&self, x: F) -> F {
+        self.derivative_and_log_derivative_grad(x).1
+    }
+    fn value_and_log_derivative<F: Real>(&self, x: F) -> (F, F) {
+        // one exp and two logs: t = e^{-|x|}, softplus = max(x, 0) + ln(1 + t),
+        // sigma = 1/(1 + t) for x >= 0, t/(1 + t) otherwise
+        let (a, one) = (F::from_f64(self.alpha), F::one());
+        let t = Float::exp(-Float::abs(x));
+        let sp = Float::max(x, F::zero()) + Float::ln_1p(t);
+        let s = if x >= F::zero() { one / (one + t) } else { t / (one + t) };
+        (a * x + (one - a) * sp, Float::ln(a + (one - a) * s))
+    }
+    fn derivative_and_log_derivative_grad<F: Real>(&self, x: F) -> (F, F) {
+        let (a, one) = (F::from_f64(self.alpha), F::one());
         let s = sigmoid(x);
-        (1.0 - self.alpha) * s * (1.0 - s) / self.derivative(x)
+        let d = a + (one - a) * s;
+        (d, (one - a) * s * (one - s) / d)
     }
     fn inverse(&self, y: f64) -> f64 {
         if !y.is_finite() {
