@@ -83,8 +83,12 @@ pub struct EpochRecord {
     /// Seconds spent evaluating.
     pub eval_seconds: f64,
     /// Per self-normalizing layer (index in the flow): mean and standard deviation of the
-    /// SNF-vs-exact gradient angle in degrees over the measured batches.
+    /// SNF-vs-exact gradient angle in degrees over the measured batches, all parameter
+    /// blocks of the layer together ($W$, $R$, $b$).
     pub angles: Vec<(usize, f64, f64)>,
+    /// The same for the forward weight block alone ($W$ or $w$): the likelihood parts of the
+    /// two gradients differ only by the log-det surrogate there (fc.md, Consequence 2).
+    pub angles_w: Vec<(usize, f64, f64)>,
     /// Steps skipped because the loss or a gradient was not finite.
     pub skipped_steps: usize,
 }
@@ -172,6 +176,7 @@ impl<T: Real> Trainer<T> {
         let warmup_steps = (self.cfg.warmup_epochs * steps_per_epoch as f64).max(0.0);
         let (mut recon_sum, mut logp_sum, mut counted, mut skipped) = (0.0, 0.0, 0usize, 0usize);
         let mut angle_samples: Vec<Vec<f64>> = vec![Vec::new(); self.flow.layers().len()];
+        let mut angle_w_samples: Vec<Vec<f64>> = vec![Vec::new(); self.flow.layers().len()];
         let t0 = Instant::now();
         let mut angle_time = 0.0;
         for s in 0..steps_per_epoch {
@@ -193,6 +198,7 @@ impl<T: Real> Trainer<T> {
                         let a = self.grads.layers[k].blocks();
                         let b = eg.layers[k].blocks();
                         angle_samples[k].push(crate::grad::angle_degrees(&a, &b)?);
+                        angle_w_samples[k].push(crate::grad::angle_degrees(&a[..1], &b[..1])?);
                     }
                 }
             }
@@ -235,16 +241,19 @@ impl<T: Real> Trainer<T> {
         if self.best.as_ref().is_none_or(|(_, b, _)| val_nll < *b) {
             self.best = Some((epoch, val_nll, self.flow.clone()));
         }
-        let angles = angle_samples
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| {
-                let m = v.iter().sum::<f64>() / v.len() as f64;
-                let sd = (v.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / v.len() as f64).sqrt();
-                (k, m, sd)
-            })
-            .collect();
+        let summarise = |samples: &[Vec<f64>]| -> Vec<(usize, f64, f64)> {
+            samples
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| {
+                    let m = v.iter().sum::<f64>() / v.len() as f64;
+                    let sd = (v.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / v.len() as f64).sqrt();
+                    (k, m, sd)
+                })
+                .collect()
+        };
+        let (angles, angles_w) = (summarise(&angle_samples), summarise(&angle_w_samples));
         let c = counted.max(1) as f64;
         Ok(EpochRecord {
             epoch,
@@ -256,6 +265,7 @@ impl<T: Real> Trainer<T> {
             train_seconds,
             eval_seconds,
             angles,
+            angles_w,
             skipped_steps: skipped,
         })
     }
