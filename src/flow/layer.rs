@@ -3,7 +3,7 @@
 
 use faer::{Mat, MatMut, MatRef, Par};
 
-use super::Preprocess;
+use super::{Preprocess, Squeeze};
 use crate::activation::{self, LeakyRelu, SmoothLeakyRelu};
 use crate::error::{Error, Result};
 use crate::layers::conv::{Conv2dGrads, ConvWorkspace, ExactConv2d, ExactConv2dGrads, ExactConv2dWorkspace, SelfNormConv2d};
@@ -28,6 +28,8 @@ pub enum Layer<T: Real> {
     SmoothLeakyRelu(SmoothLeakyRelu),
     /// Leaky ReLU.
     LeakyRelu(LeakyRelu),
+    /// Space-to-depth permutation (log-det 0).
+    Squeeze(Squeeze),
 }
 
 /// Gradients of one layer (parameter-free layers have none).
@@ -104,6 +106,7 @@ impl<T: Real> Layer<T> {
             Layer::ExactLinear(l) => Some(l.dim()),
             Layer::Conv(l) => Some(l.dim()),
             Layer::ExactConv(l) => Some(l.dim()),
+            Layer::Squeeze(s) => Some(s.dim()),
             _ => None,
         }
     }
@@ -118,6 +121,7 @@ impl<T: Real> Layer<T> {
             Layer::ExactConv(_) => "exact-conv",
             Layer::SmoothLeakyRelu(_) => "smooth-leaky-relu",
             Layer::LeakyRelu(_) => "leaky-relu",
+            Layer::Squeeze(_) => "squeeze",
         }
     }
 
@@ -168,6 +172,7 @@ impl<T: Real> Layer<T> {
             (Layer::Preprocess(p), _) => p.forward(x, z, logdet, par),
             (Layer::SmoothLeakyRelu(f), _) => activation::forward(f, x, z, logdet, par),
             (Layer::LeakyRelu(f), _) => activation::forward(f, x, z, logdet, par),
+            (Layer::Squeeze(s), _) => s.forward(x, z),
             (Layer::Linear(l), LayerWorkspace::Linear(ws)) => l.forward(x, z, ws),
             (Layer::ExactLinear(l), LayerWorkspace::ExactLinear(ws)) => l.forward(x, z, ws),
             (Layer::Conv(l), LayerWorkspace::Conv(ws)) => l.forward(x, z, ws),
@@ -198,6 +203,8 @@ impl<T: Real> Layer<T> {
         match (self, ws, grads) {
             (Layer::SmoothLeakyRelu(f), _, _) => activation::backward(f, x, dz, dx, par).map(|_| 0.0),
             (Layer::LeakyRelu(f), _, _) => activation::backward(f, x, dz, dx, par).map(|_| 0.0),
+            // a permutation: the delta is permuted back, and there is no log-det term
+            (Layer::Squeeze(s), _, _) => s.inverse(dz, dx).map(|_| 0.0),
             (Layer::Linear(l), LayerWorkspace::Linear(ws), LayerGrads::Linear(g)) => {
                 l.backward(x, dz, dx, g, ws, lambda).map(|s| s.reconstruction_error)
             }
@@ -255,6 +262,10 @@ impl<T: Real> Layer<T> {
                 activation::backward(f, x, dz_f, dx_f, par)?;
                 activation::backward(f, x_g, dz_g, dx_g, par)
             }
+            (Layer::Squeeze(s), _, _) => {
+                s.inverse(dz_f, dx_f)?;
+                s.inverse(dz_g, dx_g)
+            }
             (Layer::Linear(l), LayerWorkspace::Linear(ws), LayerGrads::Linear(g)) => {
                 l.backward_exact(x, dz_f, dz_g, dx_f, dx_g, g, ws, lambda).map(|_| ())
             }
@@ -292,6 +303,7 @@ impl<T: Real> Layer<T> {
             (Layer::Preprocess(p), _) => p.inverse(z, x),
             (Layer::SmoothLeakyRelu(f), _) => activation::inverse(f, z, x),
             (Layer::LeakyRelu(f), _) => activation::inverse(f, z, x),
+            (Layer::Squeeze(s), _) => s.inverse(z, x),
             (Layer::Linear(l), LayerWorkspace::Linear(ws)) => {
                 if learned {
                     l.inverse(z, x, ws)

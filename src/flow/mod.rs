@@ -15,9 +15,11 @@
 mod layer;
 pub mod models;
 mod preprocess;
+mod squeeze;
 
 pub use layer::{Layer, LayerGrads, LayerWorkspace};
 pub use preprocess::Preprocess;
+pub use squeeze::Squeeze;
 
 use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
@@ -326,6 +328,17 @@ impl<T: Real> Flow<T> {
         let mut x = x;
         x.copy_from(ws.h[0].as_ref().subcols(0, b));
         Ok(())
+    }
+
+    /// Draw `out.ncols()` samples: $z\sim\mathcal N(0, I)$ mapped through the exact
+    /// (`learned = false`) or learned (`learned = true`) inverse (Fig. 2). With a
+    /// [`Preprocess`] first layer the samples are in pixel units, $[0, 256)$.
+    ///
+    /// # Errors
+    /// As [`inverse`](Self::inverse).
+    pub fn sample(&self, rng: &mut impl rand::Rng, out: MatMut<'_, T>, ws: &mut FlowWorkspace<T>, learned: bool) -> Result<()> {
+        let z = Mat::from_fn(self.dim, out.ncols(), |_, _| T::from_f64(rng.sample::<f64, _>(rand_distr::StandardNormal)));
+        self.inverse(z.as_ref(), out, ws, learned)
     }
 
     /// Mutable access to the layers for an optimiser step (see [`Layer::adam_step`]).

@@ -1,0 +1,84 @@
+//! Squeeze (space-to-depth by 2): a volume-preserving permutation used between the blocks
+//! of the convolutional model.
+
+use faer::{MatMut, MatRef};
+
+use crate::error::{check_shape, Error, Result};
+use crate::real::Real;
+
+/// $C\times H\times W \to 4C\times\frac H2\times\frac W2$:
+/// $\mathrm{out}_{4c + 2a + b,\,y,\,x} = \mathrm{in}_{c,\,2y + a,\,2x + b}$ for $a, b \in \{0, 1\}$
+/// (the channel order of Glow and of the authors' code). A permutation of the entries, so
+/// its log-det is 0 and its input delta is the inverse permutation of the output delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Squeeze {
+    channels: usize,
+    height: usize,
+    width: usize,
+}
+
+impl Squeeze {
+    /// Squeeze for `channels` images of `height x width` (both even, positive).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for odd or zero sizes.
+    pub fn new(channels: usize, height: usize, width: usize) -> Result<Self> {
+        if channels == 0 || height == 0 || width == 0 || height % 2 != 0 || width % 2 != 0 {
+            return Err(Error::InvalidArgument {
+                op: "Squeeze::new",
+                reason: format!("needs positive channels and even height and width, got {channels}x{height}x{width}"),
+            });
+        }
+        Ok(Self { channels, height, width })
+    }
+    /// The example dimension $CHW$.
+    pub fn dim(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+    /// The output shape `[4C, H/2, W/2]`.
+    pub fn out_shape(&self) -> [usize; 3] {
+        [4 * self.channels, self.height / 2, self.width / 2]
+    }
+
+    /// Index in the input of output entry `o`.
+    #[inline]
+    fn source(&self, o: usize) -> usize {
+        let (h2, w2) = (self.height / 2, self.width / 2);
+        let (ch, rest) = (o / (h2 * w2), o % (h2 * w2));
+        let (y, x) = (rest / w2, rest % w2);
+        let (c, a, b) = (ch / 4, (ch % 4) / 2, ch % 2);
+        (c * self.height + 2 * y + a) * self.width + 2 * x + b
+    }
+
+    /// Space to depth: `out = squeeze(x)`.
+    ///
+    /// # Errors
+    /// Shape errors.
+    pub fn forward<T: Real>(&self, x: MatRef<'_, T>, out: MatMut<'_, T>) -> Result<()> {
+        check_shape("Squeeze::forward", (self.dim(), x.ncols()), (x.nrows(), x.ncols()))?;
+        check_shape("Squeeze::forward", (self.dim(), x.ncols()), (out.nrows(), out.ncols()))?;
+        let mut out = out;
+        for j in 0..x.ncols() {
+            for o in 0..self.dim() {
+                out[(o, j)] = x[(self.source(o), j)];
+            }
+        }
+        Ok(())
+    }
+
+    /// Depth to space (the inverse, and the map of deltas backwards): `x = unsqueeze(z)`.
+    ///
+    /// # Errors
+    /// Shape errors.
+    pub fn inverse<T: Real>(&self, z: MatRef<'_, T>, x: MatMut<'_, T>) -> Result<()> {
+        check_shape("Squeeze::inverse", (self.dim(), z.ncols()), (z.nrows(), z.ncols()))?;
+        check_shape("Squeeze::inverse", (self.dim(), z.ncols()), (x.nrows(), x.ncols()))?;
+        let mut x = x;
+        for j in 0..z.ncols() {
+            for o in 0..self.dim() {
+                x[(self.source(o), j)] = z[(o, j)];
+            }
+        }
+        Ok(())
+    }
+}
