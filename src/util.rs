@@ -23,7 +23,7 @@ pub(crate) fn all_finite<T: Real>(a: MatRef<'_, T>) -> bool {
         let mut chunks = s.chunks_exact(8);
         for ch in &mut chunks {
             for k in 0..8 {
-                acc[k] = acc[k] + ch[k] * zero;
+                acc[k] += ch[k] * zero;
             }
         }
         let rest = chunks.remainder().iter().fold(zero, |a, &v| a + v * zero);

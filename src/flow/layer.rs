@@ -12,6 +12,9 @@ use crate::optim::Adam;
 use crate::real::Real;
 
 /// A transform in a flow. Every kind maps `D x B` batches to `D x B` batches.
+// Layers live in a `Vec` built once per flow and are never moved in a hot loop, so the
+// size gap between parameter-free and weighted variants costs nothing worth a `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Layer<T: Real> {
     /// Dequantised pixels to logit space (no parameters; its log-det counts).
@@ -72,6 +75,7 @@ impl<T: Real> LayerGrads<T> {
 }
 
 /// Buffers of one layer.
+#[allow(clippy::large_enum_variant)] // built once per flow, like `Layer`
 #[derive(Debug)]
 pub enum LayerWorkspace<T: Real> {
     /// Parameter-free (element-wise) layers need only the parallelism.

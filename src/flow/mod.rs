@@ -78,7 +78,7 @@ impl<T: Real> FlowGrads<T> {
 }
 
 pub(crate) fn scale_mat<T: Real>(m: MatMut<'_, T>, s: T) {
-    faer::zip!(m).for_each(|faer::unzip!(v)| *v = *v * s);
+    faer::zip!(m).for_each(|faer::unzip!(v)| *v *= s);
 }
 
 /// Buffers for a [`Flow`]: every layer's workspace, the activations $h_0..h_K$ of the

@@ -150,7 +150,7 @@ impl<T: Real> Trainer<T> {
         data.fill_batch(idx, self.batch.as_mut().subcols_mut(0, b))?;
         for j in 0..b {
             for v in self.batch.col_mut(j).iter_mut() {
-                *v = *v + T::from_f64(rng.random::<f64>());
+                *v += T::from_f64(rng.random::<f64>());
             }
         }
         Ok(())
@@ -304,7 +304,7 @@ pub fn evaluate<T: Real>(
         data.fill_batch(chunk, batch.as_mut().subcols_mut(0, b))?;
         for j in 0..b {
             for v in batch.col_mut(j).iter_mut() {
-                *v = *v + T::from_f64(rng.random::<f64>());
+                *v += T::from_f64(rng.random::<f64>());
             }
         }
         flow.log_prob(batch.as_ref().subcols(0, b), static_ld, ws, &mut lp[..b])?;

@@ -174,7 +174,7 @@ impl<T: Real> Conv2dGrads<T> {
     /// Multiply every block by `s` (gradient clipping).
     pub fn scale(&mut self, s: T) {
         for m in [Some(&mut self.w), Some(&mut self.r), self.b.as_mut()].into_iter().flatten() {
-            faer::zip!(m.as_mut()).for_each(|faer::unzip!(v)| *v = *v * s);
+            faer::zip!(m.as_mut()).for_each(|faer::unzip!(v)| *v *= s);
         }
     }
     /// The blocks in parameter order `[w, r, b?]`, for [`angle_degrees`](crate::grad::angle_degrees).

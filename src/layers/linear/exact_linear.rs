@@ -161,7 +161,7 @@ impl<T: Real> ExactLinear<T> {
         x.copy_from(z);
         if let Some(bias) = self.b.as_ref() {
             for j in 0..b {
-                zip!(x.rb_mut().col_mut(j), bias.col(0)).for_each(|unzip!(x, b)| *x = *x - *b);
+                zip!(x.rb_mut().col_mut(j), bias.col(0)).for_each(|unzip!(x, b)| *x -= *b);
             }
         }
         ws.lu.factor(self.w.as_ref())?;

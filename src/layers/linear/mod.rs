@@ -97,7 +97,7 @@ impl<T: Real> LinearGrads<T> {
     /// Multiply every block by `s` (gradient clipping).
     pub fn scale(&mut self, s: T) {
         for m in [Some(&mut self.w), Some(&mut self.rt), self.b.as_mut()].into_iter().flatten() {
-            faer::zip!(m.as_mut()).for_each(|faer::unzip!(v)| *v = *v * s);
+            faer::zip!(m.as_mut()).for_each(|faer::unzip!(v)| *v *= s);
         }
     }
     /// The gradient blocks in parameter order `[W, R, b?]`, for
