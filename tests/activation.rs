@@ -79,7 +79,7 @@ fn fused_evaluations_agree() {
 #[test]
 fn inverse_handles_the_edges() {
     let f = slr();
-    assert_eq!(f.inverse(f64::NAN).is_nan(), true);
+    assert!(f.inverse(f64::NAN).is_nan());
     assert_eq!(f.inverse(f64::INFINITY), f64::INFINITY);
     // a preimage below -f64::MAX: not representable, reported as -inf by the scalar inverse
     // and as a typed error by the batch inverse

@@ -51,7 +51,7 @@ impl Lambda {
     /// Feed one step's reconstruction error.
     pub fn update(&mut self, reconstruction_error: f64) {
         if let Lambda::Geco(g) = self {
-            if !reconstruction_error.is_finite() || !(g.target > 0.0) {
+            if !reconstruction_error.is_finite() || g.target.is_nan() || g.target <= 0.0 {
                 return;
             }
             let avg = match g.avg {
