@@ -137,10 +137,10 @@ fn exact_baseline_gradients_match_finite_differences() {
     assert!(common::max_abs_diff(g2.b.as_ref().unwrap().as_ref(), common::from_na(&fd_b2).as_ref()) < 1e-4);
 }
 
-/// Eq. 3 for a 2-layer self-normalizing flow by brute force: 1/2 log p^f + 1/2 log p^g
-/// - lambda sum_k |R_k W_k h_k - h_k|^2 (h_k the f-chain input of layer k, held fixed),
-/// with p^g through the exact inverse of the learned inverse; `exact_gradients` against
-/// central differences of it, for every parameter block.
+/// Eq. 3 for a 2-layer self-normalizing flow by brute force: 1/2 log p^f + 1/2 log p^g minus
+/// lambda sum_k |R_k W_k h_k - h_k|^2 (h_k the f-chain input of layer k, held fixed), with
+/// p^g through the exact inverse of the learned inverse; `exact_gradients` against central
+/// differences of it, for every parameter block.
 #[test]
 fn exact_eq3_gradients_of_a_snf_flow_match_finite_differences() {
     let d = 4;
