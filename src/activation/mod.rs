@@ -8,12 +8,15 @@
 //! |---|---|---|
 //! | [`SmoothLeakyRelu`] | $\alpha x + (1-\alpha)\log(1 + e^x)$ | safeguarded Newton |
 //! | [`LeakyRelu`] | $x$ for $x \ge 0$, $s x$ otherwise | closed form |
+//! | [`SplineActivation`] | rational-quadratic spline per entry, identity tails | closed form (a quadratic) |
 
 mod leaky_relu;
 mod smooth_leaky_relu;
+pub mod spline;
 
 pub use leaky_relu::LeakyRelu;
 pub use smooth_leaky_relu::SmoothLeakyRelu;
+pub use spline::{SplineActivation, SplineConfig, SplineGrads};
 
 use faer::reborrow::ReborrowMut;
 use faer::{unzip, zip, MatMut, MatRef, Par};

@@ -1,0 +1,133 @@
+//! The rational-quadratic spline: identity at initialisation, monotone and continuous
+//! across knots, its input derivative, log-slope gradient and every parameter gradient
+//! against central differences, the analytic inverse, identity tails.
+
+mod common;
+
+use common::{gaussian, rng};
+use faer::Mat;
+use snf::activation::{SplineActivation, SplineConfig};
+
+/// Random parameters for `d` entries: widths and heights N(0, s^2), slopes around 1.
+fn random_spline(d: usize, s: f64, seed: u64) -> SplineActivation<f64> {
+    let cfg = SplineConfig::default();
+    let w = gaussian(cfg.bins, d, s, &mut rng(seed));
+    let h = gaussian(cfg.bins, d, s, &mut rng(seed + 1));
+    let e = gaussian(cfg.bins - 1, d, s, &mut rng(seed + 2));
+    let dd = Mat::from_fn(cfg.bins - 1, d, |i, j| cfg.unit_derivative_param() + e[(i, j)]);
+    SplineActivation::from_parts(cfg, w, h, dd).unwrap()
+}
+
+fn apply(f: &SplineActivation<f64>, x: &Mat<f64>) -> (Mat<f64>, Vec<f64>) {
+    let mut z = Mat::zeros(x.nrows(), x.ncols());
+    let mut ld = vec![0.0; x.ncols()];
+    f.forward(x.as_ref(), z.as_mut(), &mut ld).unwrap();
+    (z, ld)
+}
+
+#[test]
+fn identity_at_initialisation_and_in_the_tails() {
+    let f = SplineActivation::<f64>::new(3, SplineConfig::default()).unwrap();
+    let x = Mat::from_fn(3, 4, |i, j| -12.0 + 7.0 * i as f64 + 1.3 * j as f64);
+    let (z, ld) = apply(&f, &x);
+    assert!(common::max_abs_diff(z.as_ref(), x.as_ref()) < 1e-12);
+    assert!(ld.iter().all(|v| v.abs() < 1e-12));
+    // tails stay the identity for any parameters
+    let g = random_spline(3, 1.0, 1);
+    let t = Mat::from_fn(3, 2, |i, j| if j == 0 { -10.5 - i as f64 } else { 10.0 + i as f64 });
+    let (zt, ldt) = apply(&g, &t);
+    assert_eq!(zt, t);
+    assert_eq!(ldt, vec![0.0, 0.0]);
+    assert!(SplineActivation::<f64>::new(0, SplineConfig::default()).is_err());
+    assert!(SplineActivation::<f64>::new(2, SplineConfig { bins: 0, ..Default::default() }).is_err());
+    assert!(SplineActivation::<f64>::new(2, SplineConfig { min_width: 0.5, ..Default::default() }).is_err());
+}
+
+/// Monotone, continuous (also at the knots and at +-B) on a fine grid.
+#[test]
+fn monotone_and_continuous() {
+    let f = random_spline(1, 1.5, 7);
+    let n = 4001;
+    let x = Mat::from_fn(1, n, |_, j| -10.5 + 21.0 * j as f64 / (n - 1) as f64);
+    let (z, _) = apply(&f, &x);
+    for j in 1..n {
+        let (a, b) = (z[(0, j - 1)], z[(0, j)]);
+        assert!(b > a, "not increasing at {}", x[(0, j)]);
+        // Lipschitz: slopes are bounded (the floors keep them finite), so a grid step of
+        // 0.00525 moves z by well under 1
+        assert!(b - a < 1.0, "jump at {}", x[(0, j)]);
+    }
+}
+
+/// d z / d x, d log f' / d x and every parameter gradient against central differences,
+/// through the batch API: the loss is -(1/B) sum_b [sum_i g_ib z_ib + log f'(x_ib)].
+#[test]
+fn gradients_match_finite_differences() {
+    let d = 3;
+    let f = random_spline(d, 0.8, 11);
+    let x = Mat::from_fn(d, 5, |i, j| -9.0 + 3.9 * j as f64 + 0.7 * i as f64);
+    let g = gaussian(d, 5, 1.0, &mut rng(12));
+    let loss = |f: &SplineActivation<f64>, x: &Mat<f64>| -> f64 {
+        let (z, ld) = apply(f, x);
+        let mut s = 0.0;
+        for j in 0..x.ncols() {
+            s += ld[j];
+            for i in 0..d {
+                s += g[(i, j)] * z[(i, j)];
+            }
+        }
+        -s / x.ncols() as f64
+    };
+    let mut dx = Mat::zeros(d, 5);
+    let mut grads = f.zero_grads();
+    f.backward(x.as_ref(), g.as_ref(), dx.as_mut(), &mut grads).unwrap();
+    let h = 1e-6;
+    // input: dx_ib = g f' + (log f')' relates to the loss by dL/dx = -(1/B) dx
+    for j in 0..5 {
+        for i in 0..d {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[(i, j)] += h;
+            xm[(i, j)] -= h;
+            let fd = (loss(&f, &xp) - loss(&f, &xm)) / (2.0 * h);
+            assert!((fd + dx[(i, j)] / 5.0).abs() < 1e-6, "dx[{i},{j}]: fd {fd} vs {}", -dx[(i, j)] / 5.0);
+        }
+    }
+    // parameters
+    let cfg = *f.config();
+    let (w0, h0, d0) = {
+        let mut f2 = f.clone();
+        let zg = f2.zero_grads();
+        let mut it = f2.params_with_grads(&zg).unwrap();
+        (it.next().unwrap().0.to_owned(), it.next().unwrap().0.to_owned(), it.next().unwrap().0.to_owned())
+    };
+    let rebuild = |w: &Mat<f64>, hh: &Mat<f64>, dd: &Mat<f64>| SplineActivation::from_parts(cfg, w.clone(), hh.clone(), dd.clone()).unwrap();
+    for (which, base, an) in [(0, &w0, &grads.w), (1, &h0, &grads.h), (2, &d0, &grads.d)] {
+        for c in 0..base.ncols() {
+            for r in 0..base.nrows() {
+                let (mut p, mut m) = (base.clone(), base.clone());
+                p[(r, c)] += h;
+                m[(r, c)] -= h;
+                let (fp, fm) = match which {
+                    0 => (rebuild(&p, &h0, &d0), rebuild(&m, &h0, &d0)),
+                    1 => (rebuild(&w0, &p, &d0), rebuild(&w0, &m, &d0)),
+                    _ => (rebuild(&w0, &h0, &p), rebuild(&w0, &h0, &m)),
+                };
+                let fd = (loss(&fp, &x) - loss(&fm, &x)) / (2.0 * h);
+                // smooth in the parameters away from knot crossings; h = 1e-6: error ~1e-9
+                assert!((fd - an[(r, c)]).abs() < 1e-6, "block {which} [{r},{c}]: fd {fd} vs {}", an[(r, c)]);
+            }
+        }
+    }
+    assert!(common::max_abs(grads.w.as_ref()) > 1e-3 && common::max_abs(grads.d.as_ref()) > 1e-3, "non-trivial");
+}
+
+#[test]
+fn inverse_round_trips() {
+    let f = random_spline(4, 1.5, 21);
+    let x = Mat::from_fn(4, 200, |i, j| -11.0 + 22.0 * j as f64 / 199.0 + 0.01 * i as f64);
+    let (z, _) = apply(&f, &x);
+    let mut back = Mat::zeros(4, 200);
+    f.inverse(z.as_ref(), back.as_mut()).unwrap();
+    // the quadratic root is cancellation-free; slopes >= 1e-3 bound the conditioning
+    assert!(common::max_abs_diff(back.as_ref(), x.as_ref()) < 1e-9);
+}
