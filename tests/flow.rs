@@ -378,3 +378,64 @@ fn samples_map_back_to_their_base_draws() {
     assert!(common::max_abs_diff(a.as_ref(), b.as_ref()) < 1e-8);
     assert!((0..5).all(|j| (0..d).all(|i| a[(i, j)] > -1e-6 && a[(i, j)] < 256.0 + 1e-6)), "pixel range");
 }
+
+/// A spline between two exact layers: the flow's gradients (spline parameters included)
+/// against central differences of its own -mean log p; and the conv 9-layer model builds
+/// with the paper's layout.
+#[test]
+fn spline_layer_gradients_and_the_conv_model() {
+    use snf::activation::{SplineActivation, SplineConfig};
+    let d = 5;
+    let mut g = rng(81);
+    let cfg = SplineConfig::default();
+    let sp = SplineActivation::from_parts(
+        cfg,
+        gaussian(cfg.bins, d, 0.5, &mut rng(82)),
+        gaussian(cfg.bins, d, 0.5, &mut rng(83)),
+        Mat::from_fn(cfg.bins - 1, d, |_, _| cfg.unit_derivative_param() + 0.3),
+    )
+    .unwrap();
+    let flow = Flow::new(d, vec![Layer::ExactLinear(ExactLinear::<f64>::new(d, true, &mut g).unwrap()), Layer::Spline(sp.clone()), Layer::ExactLinear(ExactLinear::new(d, true, &mut g).unwrap())]).unwrap();
+    let x = gaussian(d, 4, 2.0, &mut rng(84));
+    let mut ws = flow.workspace(4, Par::Seq, false);
+    let mut grads = flow.zero_grads();
+    flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap();
+    let LayerGrads::Spline(gs) = &grads.layers[1] else { panic!() };
+    let loss = |h: &Mat<f64>| {
+        let s2 = SplineActivation::from_parts(cfg, sp_w(&sp), h.clone(), sp_d(&sp)).unwrap();
+        let mut f2 = flow.clone();
+        f2.layers_mut()[1] = Layer::Spline(s2);
+        let mut ws = f2.workspace(4, Par::Seq, false);
+        let sld = f2.static_log_det(&mut ws).unwrap();
+        let mut lp = vec![0.0; 4];
+        f2.log_prob(x.as_ref(), sld, &mut ws, &mut lp).unwrap();
+        -lp.iter().sum::<f64>() / 4.0
+    };
+    let h0 = sp_h(&sp);
+    let fd = common::central_diff(&common::to_na(h0.as_ref()), 1e-6, |m| loss(&common::from_na(m)));
+    assert!(common::max_abs_diff(gs.h.as_ref(), common::from_na(&fd).as_ref()) < 1e-6);
+    assert!(common::max_abs(gs.h.as_ref()) > 1e-4);
+
+    let conv = snf::flow::models::conv_nine_layer::<f32, _>(true, &mut rng(85)).unwrap();
+    let names: Vec<&str> = conv.layers().iter().map(|l| l.name()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "snf-conv").count(), 9);
+    assert_eq!(names.iter().filter(|n| **n == "spline").count(), 8);
+    assert_eq!(names.iter().filter(|n| **n == "squeeze").count(), 2);
+    assert_eq!(conv.dim(), 784);
+}
+
+fn sp_parts(sp: &snf::activation::SplineActivation<f64>) -> (Mat<f64>, Mat<f64>, Mat<f64>) {
+    let mut s = sp.clone();
+    let zg = s.zero_grads();
+    let mut it = s.params_with_grads(&zg).unwrap();
+    (it.next().unwrap().0.to_owned(), it.next().unwrap().0.to_owned(), it.next().unwrap().0.to_owned())
+}
+fn sp_w(sp: &snf::activation::SplineActivation<f64>) -> Mat<f64> {
+    sp_parts(sp).0
+}
+fn sp_h(sp: &snf::activation::SplineActivation<f64>) -> Mat<f64> {
+    sp_parts(sp).1
+}
+fn sp_d(sp: &snf::activation::SplineActivation<f64>) -> Mat<f64> {
+    sp_parts(sp).2
+}

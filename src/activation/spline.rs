@@ -131,12 +131,11 @@ struct Eval {
 /// Per-element gradient of `g_z * z + log f'` with respect to the element's parameters
 /// (written into `gw`, `gh`, `gd`), and its input derivative. Returns `None` in the tails.
 #[allow(clippy::too_many_arguments)]
-fn eval(cfg: &SplineConfig, x: f64, tw: &[f64], th: &[f64], td: &[f64], grads: Option<(f64, &mut [f64], &mut [f64], &mut [f64])>) -> Option<Eval> {
+fn eval(cfg: &SplineConfig, kn: &Knots, x: f64, td: &[f64], grads: Option<(f64, &mut [f64], &mut [f64], &mut [f64])>) -> Option<Eval> {
     let b = cfg.tail_bound;
     if !(x > -b && x < b) {
         return None;
     }
-    let kn = cfg.knots(tw, th, td);
     let k = kn.k;
     let j = bin(&kn.xs, k, x);
     let (xk, dx) = (kn.xs[j], kn.xs[j + 1] - kn.xs[j]);
@@ -206,12 +205,11 @@ fn eval(cfg: &SplineConfig, x: f64, tw: &[f64], th: &[f64], td: &[f64], grads: O
 }
 
 /// Inverse for one element.
-fn invert(cfg: &SplineConfig, y: f64, tw: &[f64], th: &[f64], td: &[f64]) -> f64 {
+fn invert(cfg: &SplineConfig, kn: &Knots, y: f64) -> f64 {
     let b = cfg.tail_bound;
     if !(y > -b && y < b) {
         return y;
     }
-    let kn = cfg.knots(tw, th, td);
     let j = bin(&kn.ys, kn.k, y);
     let (xk, dx) = (kn.xs[j], kn.xs[j + 1] - kn.xs[j]);
     let (yk, dy) = (kn.ys[j], kn.ys[j + 1] - kn.ys[j]);
@@ -328,9 +326,10 @@ impl<T: Real> SplineActivation<T> {
         let mut p = [0.0; 3 * MAX_BINS];
         for i in 0..self.dim() {
             let (k, kd) = self.params(i, &mut p);
+            let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
             for j in 0..x.ncols() {
                 let v = x[(i, j)].as_f64();
-                match eval(&self.cfg, v, &p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd], None) {
+                match eval(&self.cfg, &kn, v, &p[2 * MAX_BINS..2 * MAX_BINS + kd], None) {
                     Some(e) => {
                         z[(i, j)] = T::from_f64(e.z);
                         logdet[j] += e.log_d;
@@ -361,17 +360,11 @@ impl<T: Real> SplineActivation<T> {
         for i in 0..self.dim() {
             let (k, kd) = self.params(i, &mut p);
             let (mut gw, mut gh, mut gd) = ([0.0; MAX_BINS], [0.0; MAX_BINS], [0.0; MAX_BINS]);
+            let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
             for j in 0..x.ncols() {
                 let v = x[(i, j)].as_f64();
                 let g = dz[(i, j)].as_f64();
-                let e = eval(
-                    &self.cfg,
-                    v,
-                    &p[..k],
-                    &p[MAX_BINS..MAX_BINS + k],
-                    &p[2 * MAX_BINS..2 * MAX_BINS + kd],
-                    Some((g, &mut gw[..k], &mut gh[..k], &mut gd[..kd])),
-                );
+                let e = eval(&self.cfg, &kn, v, &p[2 * MAX_BINS..2 * MAX_BINS + kd], Some((g, &mut gw[..k], &mut gh[..k], &mut gd[..kd])));
                 dx[(i, j)] = T::from_f64(match e {
                     Some(e) => e.dz_dx * g + e.dl_dx,
                     None => g,
@@ -400,8 +393,9 @@ impl<T: Real> SplineActivation<T> {
         let mut p = [0.0; 3 * MAX_BINS];
         for i in 0..self.dim() {
             let (k, kd) = self.params(i, &mut p);
+            let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
             for j in 0..z.ncols() {
-                let v = invert(&self.cfg, z[(i, j)].as_f64(), &p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
+                let v = invert(&self.cfg, &kn, z[(i, j)].as_f64());
                 x[(i, j)] = T::from_f64(v);
             }
         }

@@ -4,7 +4,7 @@
 use faer::{Mat, MatMut, MatRef, Par};
 
 use super::{Preprocess, Squeeze};
-use crate::activation::{self, LeakyRelu, SmoothLeakyRelu};
+use crate::activation::{self, LeakyRelu, SmoothLeakyRelu, SplineActivation, SplineGrads};
 use crate::error::{Error, Result};
 use crate::layers::conv::{Conv2dGrads, ConvWorkspace, ExactConv2d, ExactConv2dGrads, ExactConv2dWorkspace, SelfNormConv2d};
 use crate::layers::linear::{ExactLinear, ExactLinearGrads, ExactLinearWorkspace, LinearGrads, LinearWorkspace, SelfNormLinear};
@@ -33,6 +33,8 @@ pub enum Layer<T: Real> {
     LeakyRelu(LeakyRelu),
     /// Space-to-depth permutation (log-det 0).
     Squeeze(Squeeze),
+    /// Rational-quadratic spline activation with per-entry parameters.
+    Spline(SplineActivation<T>),
 }
 
 /// Gradients of one layer (parameter-free layers have none).
@@ -48,6 +50,8 @@ pub enum LayerGrads<T: Real> {
     Conv(Conv2dGrads<T>),
     /// Of a [`Layer::ExactConv`].
     ExactConv(ExactConv2dGrads<T>),
+    /// Of a [`Layer::Spline`].
+    Spline(SplineGrads<T>),
 }
 
 impl<T: Real> LayerGrads<T> {
@@ -59,6 +63,7 @@ impl<T: Real> LayerGrads<T> {
             LayerGrads::ExactLinear(g) => [Some(g.w.as_ref()), g.b.as_ref().map(|b| b.as_ref())].into_iter().flatten().collect(),
             LayerGrads::Conv(g) => g.blocks().collect(),
             LayerGrads::ExactConv(g) => [Some(g.w.as_ref()), g.b.as_ref().map(|b| b.as_ref())].into_iter().flatten().collect(),
+            LayerGrads::Spline(g) => vec![g.w.as_ref(), g.h.as_ref(), g.d.as_ref()],
         }
     }
 
@@ -70,6 +75,7 @@ impl<T: Real> LayerGrads<T> {
             LayerGrads::Conv(g) => g.blocks().map(crate::util::sum_sq).sum(),
             LayerGrads::ExactLinear(g) => crate::util::sum_sq(g.w.as_ref()) + g.b.as_ref().map_or(0.0, |b| crate::util::sum_sq(b.as_ref())),
             LayerGrads::ExactConv(g) => crate::util::sum_sq(g.w.as_ref()) + g.b.as_ref().map_or(0.0, |b| crate::util::sum_sq(b.as_ref())),
+            LayerGrads::Spline(g) => [&g.w, &g.h, &g.d].iter().map(|m| crate::util::sum_sq(m.as_ref())).sum(),
         }
     }
 }
@@ -111,6 +117,7 @@ impl<T: Real> Layer<T> {
             Layer::Conv(l) => Some(l.dim()),
             Layer::ExactConv(l) => Some(l.dim()),
             Layer::Squeeze(s) => Some(s.dim()),
+            Layer::Spline(s) => Some(s.dim()),
             _ => None,
         }
     }
@@ -126,6 +133,7 @@ impl<T: Real> Layer<T> {
             Layer::SmoothLeakyRelu(_) => "smooth-leaky-relu",
             Layer::LeakyRelu(_) => "leaky-relu",
             Layer::Squeeze(_) => "squeeze",
+            Layer::Spline(_) => "spline",
         }
     }
 
@@ -141,6 +149,7 @@ impl<T: Real> Layer<T> {
             Layer::ExactLinear(l) => LayerGrads::ExactLinear(l.zero_grads()),
             Layer::Conv(l) => LayerGrads::Conv(l.zero_grads()),
             Layer::ExactConv(l) => LayerGrads::ExactConv(l.zero_grads()),
+            Layer::Spline(l) => LayerGrads::Spline(l.zero_grads()),
             _ => LayerGrads::None,
         }
     }
@@ -177,6 +186,7 @@ impl<T: Real> Layer<T> {
             (Layer::SmoothLeakyRelu(f), _) => activation::forward(f, x, z, logdet, par),
             (Layer::LeakyRelu(f), _) => activation::forward(f, x, z, logdet, par),
             (Layer::Squeeze(s), _) => s.forward(x, z),
+            (Layer::Spline(s), _) => s.forward(x, z, logdet),
             (Layer::Linear(l), LayerWorkspace::Linear(ws)) => l.forward(x, z, ws),
             (Layer::ExactLinear(l), LayerWorkspace::ExactLinear(ws)) => l.forward(x, z, ws),
             (Layer::Conv(l), LayerWorkspace::Conv(ws)) => l.forward(x, z, ws),
@@ -209,6 +219,7 @@ impl<T: Real> Layer<T> {
             (Layer::LeakyRelu(f), _, _) => activation::backward(f, x, dz, dx, par).map(|_| 0.0),
             // a permutation: the delta is permuted back, and there is no log-det term
             (Layer::Squeeze(s), _, _) => s.inverse(dz, dx).map(|_| 0.0),
+            (Layer::Spline(s), _, LayerGrads::Spline(g)) => s.backward(x, dz, dx, g).map(|_| 0.0),
             (Layer::Linear(l), LayerWorkspace::Linear(ws), LayerGrads::Linear(g)) => {
                 l.backward(x, dz, dx, g, ws, lambda).map(|s| s.reconstruction_error)
             }
@@ -270,6 +281,18 @@ impl<T: Real> Layer<T> {
                 s.inverse(dz_f, dx_f)?;
                 s.inverse(dz_g, dx_g)
             }
+            (Layer::Spline(s), _, LayerGrads::Spline(g)) => {
+                // Eq. 3: the spline's parameters enter both halves, each with weight 1/2;
+                // the f half along the f chain, the g half along the g^{-1} chain
+                // (monitoring only, so the second gradient buffer may allocate)
+                let mut gg = s.zero_grads();
+                s.backward(x, dz_f, dx_f, g)?;
+                s.backward(x_g, dz_g, dx_g, &mut gg)?;
+                for (a, b) in [(&mut g.w, &gg.w), (&mut g.h, &gg.h), (&mut g.d, &gg.d)] {
+                    faer::zip!(a.as_mut(), b.as_ref()).for_each(|faer::unzip!(a, b)| *a = (*a + *b) * T::from_f64(0.5));
+                }
+                Ok(())
+            }
             (Layer::Linear(l), LayerWorkspace::Linear(ws), LayerGrads::Linear(g)) => {
                 l.backward_exact(x, dz_f, dz_g, dx_f, dx_g, g, ws, lambda).map(|_| ())
             }
@@ -308,6 +331,7 @@ impl<T: Real> Layer<T> {
             (Layer::SmoothLeakyRelu(f), _) => activation::inverse(f, z, x),
             (Layer::LeakyRelu(f), _) => activation::inverse(f, z, x),
             (Layer::Squeeze(s), _) => s.inverse(z, x),
+            (Layer::Spline(s), _) => s.inverse(z, x),
             (Layer::Linear(l), LayerWorkspace::Linear(ws)) => {
                 if learned {
                     l.inverse(z, x, ws)
@@ -338,6 +362,7 @@ impl<T: Real> Layer<T> {
             (Layer::ExactLinear(l), LayerGrads::ExactLinear(g)) => adam.step(l.params_with_grads(g)),
             (Layer::Conv(l), LayerGrads::Conv(g)) => adam.step(l.params_with_grads(g)?),
             (Layer::ExactConv(l), LayerGrads::ExactConv(g)) => adam.step(l.params_with_grads(g)?),
+            (Layer::Spline(l), LayerGrads::Spline(g)) => adam.step(l.params_with_grads(g)?),
             (_, LayerGrads::None) => Ok(()),
             _ => Err(mismatch("Layer::adam_step")),
         }

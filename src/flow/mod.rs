@@ -68,6 +68,11 @@ impl<T: Real> FlowGrads<T> {
                         scale_mat(b.as_mut(), s);
                     }
                 }
+                LayerGrads::Spline(g) => {
+                    for m in [&mut g.w, &mut g.h, &mut g.d] {
+                        scale_mat(m.as_mut(), s);
+                    }
+                }
             }
         }
     }
