@@ -5,7 +5,7 @@
 mod common;
 
 use common::{gaussian, rng};
-use faer::Mat;
+use faer::{Mat, Par};
 use snf::activation::{SplineActivation, SplineConfig};
 
 /// Random parameters for `d` entries: widths and heights N(0, s^2), slopes around 1.
@@ -21,7 +21,7 @@ fn random_spline(d: usize, s: f64, seed: u64) -> SplineActivation<f64> {
 fn apply(f: &SplineActivation<f64>, x: &Mat<f64>) -> (Mat<f64>, Vec<f64>) {
     let mut z = Mat::zeros(x.nrows(), x.ncols());
     let mut ld = vec![0.0; x.ncols()];
-    f.forward(x.as_ref(), z.as_mut(), &mut ld).unwrap();
+    f.forward(x.as_ref(), z.as_mut(), &mut ld, Par::rayon(2)).unwrap();
     (z, ld)
 }
 
@@ -80,7 +80,7 @@ fn gradients_match_finite_differences() {
     };
     let mut dx = Mat::zeros(d, 5);
     let mut grads = f.zero_grads();
-    f.backward(x.as_ref(), g.as_ref(), dx.as_mut(), &mut grads).unwrap();
+    f.backward(x.as_ref(), g.as_ref(), dx.as_mut(), &mut grads, Par::rayon(2)).unwrap();
     let h = 1e-6;
     // input: dx_ib = g f' + (log f')' relates to the loss by dL/dx = -(1/B) dx
     for j in 0..5 {
@@ -130,4 +130,28 @@ fn inverse_round_trips() {
     f.inverse(z.as_ref(), back.as_mut()).unwrap();
     // the quadratic root is cancellation-free; slopes >= 1e-3 bound the conditioning
     assert!(common::max_abs_diff(back.as_ref(), x.as_ref()) < 1e-9);
+}
+
+/// The parallel split over entries (rows) and columns gives exactly the sequential result.
+#[test]
+fn parallel_equals_sequential() {
+    let f = random_spline(70, 1.0, 31);
+    let x = gaussian(70, 9, 4.0, &mut rng(32));
+    let g = gaussian(70, 9, 1.0, &mut rng(33));
+    let run = |par: Par| {
+        let mut z = Mat::zeros(70, 9);
+        let mut ld = vec![0.0; 9];
+        f.forward(x.as_ref(), z.as_mut(), &mut ld, par).unwrap();
+        let mut dx = Mat::zeros(70, 9);
+        let mut gr = f.zero_grads();
+        f.backward(x.as_ref(), g.as_ref(), dx.as_mut(), &mut gr, par).unwrap();
+        (z, ld, dx, gr)
+    };
+    let (a, b) = (run(Par::Seq), run(Par::rayon(3)));
+    assert_eq!(a.0, b.0);
+    assert_eq!(a.2, b.2);
+    assert_eq!(a.3, b.3);
+    for (u, v) in a.1.iter().zip(&b.1) {
+        assert!((u - v).abs() < 1e-12);
+    }
 }

@@ -2,7 +2,7 @@
 //! per-element parameters, linear (identity) tails, an analytic inverse and hand-derived
 //! gradients with respect to its input and its parameters. Derivation: `proofs/spline.md`.
 
-use faer::{Mat, MatMut, MatRef};
+use faer::{Mat, MatMut, MatRef, Par};
 
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
@@ -149,7 +149,9 @@ fn eval(cfg: &SplineConfig, kn: &Knots, x: f64, td: &[f64], grads: Option<(f64, 
     let u = num / den;
     let z = yk + dy * u;
     let m = c * xi * xi + 2.0 * s * q + a * (1.0 - xi) * (1.0 - xi);
-    let log_d = 2.0 * s.ln() + m.ln() - 2.0 * den.ln();
+    // log f' = 2 log s + log M - 2 log D, as one logarithm (all factors are positive and
+    // moderate: s, M, D are bounded below by the floors); the backward pass does not need it
+    let log_d = if grads.is_none() { (s * s * m / (den * den)).ln() } else { 0.0 };
     // partials with respect to (xi, s, a, c)
     let dq = 1.0 - 2.0 * xi;
     let num_xi = 2.0 * s * xi + a * dq;
@@ -237,6 +239,29 @@ pub struct SplineActivation<T: Real> {
     d: Mat<T>,
 }
 
+/// The rows (entries) of a backward pass: batch rows and the matching parameter columns.
+struct Rows<'a, T: Real> {
+    x: MatRef<'a, T>,
+    dz: MatRef<'a, T>,
+    dx: MatMut<'a, T>,
+    gw: MatMut<'a, T>,
+    gh: MatMut<'a, T>,
+    gd: MatMut<'a, T>,
+}
+
+impl<'a, T: Real> Rows<'a, T> {
+    #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+    fn split(self, at: usize) -> (Self, Self) {
+        let (x0, x1) = self.x.split_at_row(at);
+        let (z0, z1) = self.dz.split_at_row(at);
+        let (d0, d1) = self.dx.split_at_row_mut(at);
+        let (w0, w1) = self.gw.split_at_col_mut(at);
+        let (h0, h1) = self.gh.split_at_col_mut(at);
+        let (g0, g1) = self.gd.split_at_col_mut(at);
+        (Rows { x: x0, dz: z0, dx: d0, gw: w0, gh: h0, gd: g0 }, Rows { x: x1, dz: z1, dx: d1, gw: w1, gh: h1, gd: g1 })
+    }
+}
+
 /// Gradients of the loss with respect to a [`SplineActivation`]'s parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SplineGrads<T: Real> {
@@ -313,72 +338,90 @@ impl<T: Real> SplineActivation<T> {
         (k, k - 1)
     }
 
-    /// `z = f(x)` entry-wise, adding each column's $\sum\log f'$ to `logdet`.
+    /// `z = f(x)` entry-wise, adding each column's $\sum\log f'$ to `logdet`. Columns run in
+    /// parallel under `par`.
     ///
     /// # Errors
     /// Shape errors.
-    pub fn forward(&self, x: MatRef<'_, T>, z: MatMut<'_, T>, logdet: &mut [f64]) -> Result<()> {
+    pub fn forward(&self, x: MatRef<'_, T>, z: MatMut<'_, T>, logdet: &mut [f64], par: Par) -> Result<()> {
         const OP: &str = "SplineActivation::forward";
         check_shape(OP, (self.dim(), x.ncols()), (x.nrows(), x.ncols()))?;
         check_shape(OP, (x.nrows(), x.ncols()), (z.nrows(), z.ncols()))?;
         check_shape(OP, (x.ncols(), 1), (logdet.len(), 1))?;
-        let mut z = z;
-        let mut p = [0.0; 3 * MAX_BINS];
-        for i in 0..self.dim() {
-            let (k, kd) = self.params(i, &mut p);
-            let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
-            for j in 0..x.ncols() {
-                let v = x[(i, j)].as_f64();
-                match eval(&self.cfg, &kn, v, &p[2 * MAX_BINS..2 * MAX_BINS + kd], None) {
-                    Some(e) => {
-                        z[(i, j)] = T::from_f64(e.z);
-                        logdet[j] += e.log_d;
+        crate::util::par_cols(((x, z), logdet), par, &|((x, mut z), logdet): ((MatRef<'_, T>, MatMut<'_, T>), &mut [f64])| {
+            let mut p = [0.0; 3 * MAX_BINS];
+            for i in 0..self.dim() {
+                let (k, kd) = self.params(i, &mut p);
+                let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
+                for j in 0..x.ncols() {
+                    let v = x[(i, j)].as_f64();
+                    match eval(&self.cfg, &kn, v, &p[2 * MAX_BINS..2 * MAX_BINS + kd], None) {
+                        Some(e) => {
+                            z[(i, j)] = T::from_f64(e.z);
+                            logdet[j] += e.log_d;
+                        }
+                        None => z[(i, j)] = x[(i, j)],
                     }
-                    None => z[(i, j)] = x[(i, j)],
                 }
             }
-        }
+        });
         Ok(())
     }
 
     /// Backward: $\delta_x = f'(x)\delta_z + \frac{d}{dx}\log f'(x)$ into `dx`, and the loss
     /// gradients $-\frac1B\sum_b\big(\delta_z\,\partial f/\partial\theta + \partial\log f'/\partial\theta\big)$
-    /// into `grads` (overwritten).
+    /// into `grads` (overwritten). Entries (rows) run in parallel under `par`: each entry's
+    /// parameters and gradients are its own.
     ///
     /// # Errors
     /// Shape errors.
-    pub fn backward(&self, x: MatRef<'_, T>, dz: MatRef<'_, T>, dx: MatMut<'_, T>, grads: &mut SplineGrads<T>) -> Result<()> {
+    pub fn backward(&self, x: MatRef<'_, T>, dz: MatRef<'_, T>, dx: MatMut<'_, T>, grads: &mut SplineGrads<T>, par: Par) -> Result<()> {
         const OP: &str = "SplineActivation::backward";
         check_shape(OP, (self.dim(), x.ncols()), (x.nrows(), x.ncols()))?;
         check_shape(OP, (x.nrows(), x.ncols()), (dz.nrows(), dz.ncols()))?;
         check_shape(OP, (x.nrows(), x.ncols()), (dx.nrows(), dx.ncols()))?;
         check_shape(OP, (self.w.nrows(), self.w.ncols()), (grads.w.nrows(), grads.w.ncols()))?;
         check_shape(OP, (self.d.nrows(), self.d.ncols()), (grads.d.nrows(), grads.d.ncols()))?;
+        let rows = Rows { x, dz, dx, gw: grads.w.as_mut(), gh: grads.h.as_mut(), gd: grads.d.as_mut() };
+        self.backward_rows(0, rows, par.degree().max(1));
+        Ok(())
+    }
+
+    fn backward_rows(&self, i0: usize, r: Rows<'_, T>, threads: usize) {
+        let n = r.x.nrows();
+        #[cfg(feature = "rayon")]
+        if threads > 1 && n >= 32 {
+            let mid = n / 2;
+            let (a, b) = r.split(mid);
+            rayon::join(|| self.backward_rows(i0, a, threads / 2), || self.backward_rows(i0 + mid, b, threads - threads / 2));
+            return;
+        }
+        let _ = threads;
+        let Rows { x, dz, mut dx, mut gw, mut gh, mut gd } = r;
         let inv_b = -1.0 / x.ncols().max(1) as f64;
-        let mut dx = dx;
         let mut p = [0.0; 3 * MAX_BINS];
-        for i in 0..self.dim() {
+        for li in 0..n {
+            let i = i0 + li;
             let (k, kd) = self.params(i, &mut p);
-            let (mut gw, mut gh, mut gd) = ([0.0; MAX_BINS], [0.0; MAX_BINS], [0.0; MAX_BINS]);
+            let (mut sw, mut sh, mut sd) = ([0.0; MAX_BINS], [0.0; MAX_BINS], [0.0; MAX_BINS]);
             let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
             for j in 0..x.ncols() {
-                let v = x[(i, j)].as_f64();
-                let g = dz[(i, j)].as_f64();
-                let e = eval(&self.cfg, &kn, v, &p[2 * MAX_BINS..2 * MAX_BINS + kd], Some((g, &mut gw[..k], &mut gh[..k], &mut gd[..kd])));
-                dx[(i, j)] = T::from_f64(match e {
+                let v = x[(li, j)].as_f64();
+                let g = dz[(li, j)].as_f64();
+                let e = eval(&self.cfg, &kn, v, &p[2 * MAX_BINS..2 * MAX_BINS + kd], Some((g, &mut sw[..k], &mut sh[..k], &mut sd[..kd])));
+                dx[(li, j)] = T::from_f64(match e {
                     Some(e) => e.dz_dx * g + e.dl_dx,
                     None => g,
                 });
             }
-            for r in 0..k {
-                grads.w[(r, i)] = T::from_f64(inv_b * gw[r]);
-                grads.h[(r, i)] = T::from_f64(inv_b * gh[r]);
+            for q in 0..k {
+                gw[(q, li)] = T::from_f64(inv_b * sw[q]);
+                gh[(q, li)] = T::from_f64(inv_b * sh[q]);
             }
-            for r in 0..kd {
-                grads.d[(r, i)] = T::from_f64(inv_b * gd[r]);
+            for q in 0..kd {
+                gd[(q, li)] = T::from_f64(inv_b * sd[q]);
             }
         }
-        Ok(())
     }
 
     /// The analytic inverse `x = f^{-1}(z)`.

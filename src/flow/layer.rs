@@ -186,7 +186,7 @@ impl<T: Real> Layer<T> {
             (Layer::SmoothLeakyRelu(f), _) => activation::forward(f, x, z, logdet, par),
             (Layer::LeakyRelu(f), _) => activation::forward(f, x, z, logdet, par),
             (Layer::Squeeze(s), _) => s.forward(x, z),
-            (Layer::Spline(s), _) => s.forward(x, z, logdet),
+            (Layer::Spline(s), _) => s.forward(x, z, logdet, par),
             (Layer::Linear(l), LayerWorkspace::Linear(ws)) => l.forward(x, z, ws),
             (Layer::ExactLinear(l), LayerWorkspace::ExactLinear(ws)) => l.forward(x, z, ws),
             (Layer::Conv(l), LayerWorkspace::Conv(ws)) => l.forward(x, z, ws),
@@ -219,7 +219,7 @@ impl<T: Real> Layer<T> {
             (Layer::LeakyRelu(f), _, _) => activation::backward(f, x, dz, dx, par).map(|_| 0.0),
             // a permutation: the delta is permuted back, and there is no log-det term
             (Layer::Squeeze(s), _, _) => s.inverse(dz, dx).map(|_| 0.0),
-            (Layer::Spline(s), _, LayerGrads::Spline(g)) => s.backward(x, dz, dx, g).map(|_| 0.0),
+            (Layer::Spline(s), _, LayerGrads::Spline(g)) => s.backward(x, dz, dx, g, par).map(|_| 0.0),
             (Layer::Linear(l), LayerWorkspace::Linear(ws), LayerGrads::Linear(g)) => {
                 l.backward(x, dz, dx, g, ws, lambda).map(|s| s.reconstruction_error)
             }
@@ -286,8 +286,8 @@ impl<T: Real> Layer<T> {
                 // the f half along the f chain, the g half along the g^{-1} chain
                 // (monitoring only, so the second gradient buffer may allocate)
                 let mut gg = s.zero_grads();
-                s.backward(x, dz_f, dx_f, g)?;
-                s.backward(x_g, dz_g, dx_g, &mut gg)?;
+                s.backward(x, dz_f, dx_f, g, par)?;
+                s.backward(x_g, dz_g, dx_g, &mut gg, par)?;
                 for (a, b) in [(&mut g.w, &gg.w), (&mut g.h, &gg.h), (&mut g.d, &gg.d)] {
                     faer::zip!(a.as_mut(), b.as_ref()).for_each(|faer::unzip!(a, b)| *a = (*a + *b) * T::from_f64(0.5));
                 }
