@@ -1,0 +1,61 @@
+//! One training step of the paper's FC 2-layer MNIST model (batch 100, f32, both cores):
+//! self-normalizing vs its exact twin, next to the GEMMs the self-normalizing step
+//! performs (12 products of 784 x 784 by 784 x 100: one forward and five backward per
+//! linear layer), timed in the same run.
+//!
+//! Run: `cargo bench --bench model_step`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, Par};
+use snf::flow::models::fc_two_layer;
+use snf::optim::{Adam, AdamConfig};
+use std::time::Duration;
+
+const B: usize = 100;
+const D: usize = 784;
+
+fn fc_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fc2_step_f32");
+    group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
+    let x = Mat::<f32>::from_fn(D, B, |i, j| ((i * 7 + j * 13) % 256) as f32 + 0.5);
+    for (name, snf_model) in [("snf", true), ("exact", false)] {
+        let mut flow = fc_two_layer::<f32, _>(snf_model, &mut snf::init::rng(0)).unwrap();
+        let mut ws = flow.workspace(B, Par::rayon(0), false);
+        let mut grads = flow.zero_grads();
+        let mut adams: Vec<Adam<f32>> = grads
+            .layers
+            .iter()
+            .map(|g| Adam::new(AdamConfig::default(), g.blocks().into_iter().map(|b| (b.nrows(), b.ncols()))).unwrap())
+            .collect();
+        group.bench_function(name, |bch| {
+            bch.iter(|| {
+                flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap();
+                assert!(grads.all_finite());
+                for ((l, g), a) in flow.layers_mut().iter_mut().zip(&grads.layers).zip(&mut adams) {
+                    l.adam_step(g, a).unwrap();
+                }
+            })
+        });
+    }
+    // the 12 products of the SNF step, with faer's own parallel GEMM
+    let w = Mat::<f32>::from_fn(D, D, |i, j| ((i + 2 * j) % 7) as f32 / 7.0);
+    let mut out = Mat::<f32>::zeros(D, B);
+    let mut outw = Mat::<f32>::zeros(D, D);
+    group.bench_function("gemm12", |bch| {
+        bch.iter(|| {
+            for _ in 0..2 {
+                for _ in 0..4 {
+                    matmul(out.as_mut(), Accum::Replace, w.as_ref(), x.as_ref(), 1.0, Par::rayon(0));
+                }
+                for _ in 0..2 {
+                    matmul(outw.as_mut(), Accum::Replace, x.as_ref(), x.transpose(), 1.0, Par::rayon(0));
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fc_step);
+criterion_main!(benches);
