@@ -26,7 +26,7 @@ fn fc_step(c: &mut Criterion) {
         let mut adams: Vec<Adam<f32>> = grads
             .layers
             .iter()
-            .map(|g| Adam::new(AdamConfig::default(), g.blocks().into_iter().map(|b| (b.nrows(), b.ncols()))).unwrap())
+            .map(|g| Adam::new(AdamConfig::default(), g.blocks().into_iter().map(|b| (b.nrows(), b.ncols()))).unwrap().with_par(Par::rayon(0)))
             .collect();
         group.bench_function(name, |bch| {
             bch.iter(|| {

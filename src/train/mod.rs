@@ -122,7 +122,7 @@ impl<T: Real> Trainer<T> {
         let adams = grads
             .layers
             .iter()
-            .map(|g| Adam::new(cfg.adam, g.blocks().into_iter().map(|b| (b.nrows(), b.ncols()))))
+            .map(|g| Adam::new(cfg.adam, g.blocks().into_iter().map(|b| (b.nrows(), b.ncols()))).map(|a| a.with_par(par)))
             .collect::<Result<Vec<_>>>()?;
         let snf = flow.layers().iter().any(Layer::is_self_normalizing);
         let exact_grads = (snf && cfg.angle_batches > 0).then(|| flow.zero_grads());
