@@ -128,10 +128,14 @@ struct Eval {
     dl_dx: f64,
 }
 
+/// The gradient request of [`eval`]: the output delta $g$ and accumulators for the
+/// width, height and slope parameters of the element.
+type GradSink<'a> = (f64, &'a mut [f64], &'a mut [f64], &'a mut [f64]);
+
 /// Per-element gradient of `g_z * z + log f'` with respect to the element's parameters
 /// (written into `gw`, `gh`, `gd`), and its input derivative. Returns `None` in the tails.
 #[allow(clippy::too_many_arguments)]
-fn eval(cfg: &SplineConfig, kn: &Knots, x: f64, td: &[f64], grads: Option<(f64, &mut [f64], &mut [f64], &mut [f64])>) -> Option<Eval> {
+fn eval(cfg: &SplineConfig, kn: &Knots, x: f64, td: &[f64], grads: Option<GradSink<'_>>) -> Option<Eval> {
     let b = cfg.tail_bound;
     if !(x > -b && x < b) {
         return None;
