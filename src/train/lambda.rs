@@ -10,10 +10,14 @@ pub enum Lambda {
 }
 
 /// A GECO-style multiplier (Rezende & Viola, 2018): with $C_t$ an exponential moving
-/// average of the summed reconstruction error, $\log\lambda \mathrel{+}= \eta\,(C_t/c^\ast - 1)$,
-/// clamped to $[\lambda_{min}, \lambda_{max}]$. Unlike the authors' version, which only ever
-/// grows λ, this one moves both ways: λ shrinks while the error is below the target, so the
-/// likelihood is not penalised more than the constraint needs.
+/// average of the summed reconstruction error, $\log\lambda \mathrel{+}= \eta\,\log(C_t/c^\ast)$
+/// (at most $\pm0.1$ per step), clamped to $[\lambda_{min}, \lambda_{max}]$. Unlike the
+/// authors' version, which only ever grows λ, this one moves both ways: λ shrinks while the
+/// error is below the target, so the likelihood is not penalised more than the constraint
+/// needs. The update is symmetric in log space (an error $k$ times the target grows λ as
+/// fast as an error $k$ times below shrinks it): a linear rule $\eta(C_t/c^\ast - 1)$ lets one
+/// spike of the error inflate λ by orders of magnitude that it then takes epochs to undo
+/// (seen on MNIST, `docs/results.md`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Geco {
     /// Target reconstruction error $c^\ast$ (sum over layers, batch mean).
@@ -59,8 +63,8 @@ impl Lambda {
                 Some(a) => g.ema * a + (1.0 - g.ema) * reconstruction_error,
             };
             g.avg = Some(avg);
-            let step = g.rate * (avg / g.target - 1.0);
-            g.lambda = (g.lambda * step.clamp(-1.0, 1.0).exp()).clamp(g.min, g.max);
+            let step = g.rate * (avg.max(f64::MIN_POSITIVE) / g.target).ln();
+            g.lambda = (g.lambda * step.clamp(-0.1, 0.1).exp()).clamp(g.min, g.max);
         }
     }
 }
