@@ -4,6 +4,7 @@
 
 use faer::{Mat, MatMut, MatRef, Par};
 
+use super::{sigmoid, softplus};
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
 
@@ -50,19 +51,6 @@ fn softmax(theta: &[f64], out: &mut [f64]) {
         sum += *o;
     }
     out.iter_mut().for_each(|o| *o /= sum);
-}
-
-fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
-}
-
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
 }
 
 impl SplineConfig {

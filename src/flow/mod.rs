@@ -21,7 +21,6 @@ pub use layer::{Layer, LayerGrads, LayerWorkspace};
 pub use preprocess::Preprocess;
 pub use squeeze::Squeeze;
 
-use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
 
 use crate::error::{check_shape, Error, Result};
@@ -80,6 +79,11 @@ impl<T: Real> FlowGrads<T> {
     pub fn all_finite(&self) -> bool {
         self.layers.iter().all(|g| g.blocks().into_iter().all(crate::util::all_finite))
     }
+}
+
+/// `dst = -src`: the standard normal base's delta $\partial\log\mathcal N(z)/\partial z$.
+fn set_neg<T: Real>(dst: MatMut<'_, T>, src: MatRef<'_, T>) {
+    faer::zip!(dst, src).for_each(|faer::unzip!(d, s)| *d = -*s);
 }
 
 pub(crate) fn scale_mat<T: Real>(m: MatMut<'_, T>, s: T) {
@@ -200,11 +204,7 @@ impl<T: Real> Flow<T> {
         let b = x.ncols();
         let k_top = self.layers.len();
         // delta at the top: d log N(z) / dz = -z
-        {
-            let z = ws.h[k_top].as_ref().subcols(0, b);
-            let mut d = ws.delta[0].as_mut().subcols_mut(0, b);
-            faer::zip!(d.rb_mut(), z).for_each(|faer::unzip!(d, z)| *d = -*z);
-        }
+        set_neg(ws.delta[0].as_mut().subcols_mut(0, b), ws.h[k_top].as_ref().subcols(0, b));
         let mut recon = 0.0;
         let mut cur = 0;
         for k in (0..k_top).rev() {
@@ -254,14 +254,8 @@ impl<T: Real> Flow<T> {
             let (lo, hi) = gc.y.split_at_mut(k + 1);
             layer.g_forward(lo[k].as_ref().subcols(0, b), hi[0].as_mut().subcols_mut(0, b), &mut ws.layers[k], logdet)?;
         }
-        {
-            let z = ws.h[k_top].as_ref().subcols(0, b);
-            let mut d = ws.delta[0].as_mut().subcols_mut(0, b);
-            faer::zip!(d.rb_mut(), z).for_each(|faer::unzip!(d, z)| *d = -*z);
-            let y = gc.y[k_top].as_ref().subcols(0, b);
-            let mut dg = gc.delta[0].as_mut().subcols_mut(0, b);
-            faer::zip!(dg.rb_mut(), y).for_each(|faer::unzip!(d, y)| *d = -*y);
-        }
+        set_neg(ws.delta[0].as_mut().subcols_mut(0, b), ws.h[k_top].as_ref().subcols(0, b));
+        set_neg(gc.delta[0].as_mut().subcols_mut(0, b), gc.y[k_top].as_ref().subcols(0, b));
         let mut cur = 0;
         for k in (0..k_top).rev() {
             if matches!(self.layers[k], Layer::Preprocess(_)) && k == 0 {

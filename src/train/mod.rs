@@ -144,18 +144,6 @@ impl<T: Real> Trainer<T> {
         self.step
     }
 
-    /// Fill `self.batch` with dequantised images `idx` of `data`: pixel + U[0, 1) noise.
-    fn load_batch(&mut self, data: &Split, idx: &[usize], rng: &mut impl Rng) -> Result<()> {
-        let b = idx.len();
-        data.fill_batch(idx, self.batch.as_mut().subcols_mut(0, b))?;
-        for j in 0..b {
-            for v in self.batch.col_mut(j).iter_mut() {
-                *v += T::from_f64(rng.random::<f64>());
-            }
-        }
-        Ok(())
-    }
-
     /// One epoch over `train` (full batches only, in the order fixed by seed and epoch),
     /// then the exact NLL on `valid`.
     ///
@@ -181,7 +169,7 @@ impl<T: Real> Trainer<T> {
         let mut angle_time = 0.0;
         for s in 0..steps_per_epoch {
             let idx = &order[s * bsz..(s + 1) * bsz];
-            self.load_batch(train, idx, &mut rng)?;
+            load_dequantized(train, idx, &mut self.batch, &mut rng)?;
             let lam = T::from_f64(self.lambda.value());
             let x = self.batch.as_ref();
             if s < self.cfg.angle_batches {
@@ -281,6 +269,19 @@ impl<T: Real> Trainer<T> {
     }
 }
 
+/// Fill the first `idx.len()` columns of `batch` with the dequantised images `idx` of
+/// `data`: pixel values plus $U[0, 1)$ noise from `rng`.
+fn load_dequantized<T: Real>(data: &Split, idx: &[usize], batch: &mut Mat<T>, rng: &mut impl Rng) -> Result<()> {
+    let b = idx.len();
+    data.fill_batch(idx, batch.as_mut().subcols_mut(0, b))?;
+    for j in 0..b {
+        for v in batch.col_mut(j).iter_mut() {
+            *v += T::from_f64(rng.random::<f64>());
+        }
+    }
+    Ok(())
+}
+
 /// Exact NLL of `data` under `flow` in nats per example and bits per dimension (see
 /// [`Trainer::evaluate`]); `ws` and `batch` must hold `batch_size` columns.
 ///
@@ -301,12 +302,7 @@ pub fn evaluate<T: Real>(
     let idx: Vec<usize> = (0..data.len()).collect();
     for chunk in idx.chunks(batch_size) {
         let b = chunk.len();
-        data.fill_batch(chunk, batch.as_mut().subcols_mut(0, b))?;
-        for j in 0..b {
-            for v in batch.col_mut(j).iter_mut() {
-                *v += T::from_f64(rng.random::<f64>());
-            }
-        }
+        load_dequantized(data, chunk, batch, &mut rng)?;
         flow.log_prob(batch.as_ref().subcols(0, b), static_ld, ws, &mut lp[..b])?;
         total -= lp[..b].iter().sum::<f64>();
         n += b;

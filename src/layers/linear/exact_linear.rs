@@ -7,7 +7,7 @@ use crate::util::gemm as matmul;
 use faer::{unzip, zip, Accum, Mat, MatMut, MatRef, Par};
 use rand::Rng;
 
-use super::forward::add_bias;
+use super::forward::{add_bias, sub_bias};
 use crate::error::{check_shape, Error, Result};
 use crate::exact::Lu;
 use crate::real::Real;
@@ -159,11 +159,7 @@ impl<T: Real> ExactLinear<T> {
         check_shape(OP, (self.dim(), b), (x.nrows(), x.ncols()))?;
         let mut x = x;
         x.copy_from(z);
-        if let Some(bias) = self.b.as_ref() {
-            for j in 0..b {
-                zip!(x.rb_mut().col_mut(j), bias.col(0)).for_each(|unzip!(x, b)| *x -= *b);
-            }
-        }
+        sub_bias(x.rb_mut(), self.b.as_ref().map(|b| b.as_ref()));
         ws.lu.factor(self.w.as_ref())?;
         ws.lu.solve_in_place(x)
     }

@@ -18,6 +18,15 @@ pub(crate) fn add_bias<T: Real>(mut out: MatMut<'_, T>, b: Option<MatRef<'_, T>>
     }
 }
 
+/// `out -= b` for every column (the inverse of [`add_bias`]).
+pub(crate) fn sub_bias<T: Real>(mut out: MatMut<'_, T>, b: Option<MatRef<'_, T>>) {
+    if let Some(b) = b {
+        for j in 0..out.ncols() {
+            zip!(out.rb_mut().col_mut(j), b.col(0)).for_each(|unzip!(o, b)| *o -= *b);
+        }
+    }
+}
+
 impl<T: Real> SelfNormLinear<T> {
     /// $z = f(x) = Wx + b$ for a `D x B` batch, writing `z` (`D x B`) and keeping
     /// $u = Wx$ in `ws` for the backward pass.
@@ -50,7 +59,7 @@ impl<T: Real> SelfNormLinear<T> {
         LinearWorkspace::check_out(OP, &x, self.dim(), b)?;
         let mut t = ws.t.as_mut().subcols_mut(0, b);
         t.copy_from(z);
-        self.sub_bias(t.rb_mut());
+        sub_bias(t.rb_mut(), self.bias());
         matmul(x, Accum::Replace, self.rt.transpose(), t.rb(), T::from_f64(1.0), ws.par);
         Ok(())
     }
@@ -66,7 +75,7 @@ impl<T: Real> SelfNormLinear<T> {
         LinearWorkspace::check_out(OP, &x, self.dim(), b)?;
         let mut x = x;
         x.copy_from(z);
-        self.sub_bias(x.rb_mut());
+        sub_bias(x.rb_mut(), self.bias());
         let ex = ws.ensure_exact();
         ex.lu_w.factor(self.w.as_ref())?;
         ex.lu_w.solve_in_place(x)
@@ -134,14 +143,6 @@ impl<T: Real> SelfNormLinear<T> {
         zip!(e.rb_mut(), x).for_each(|unzip!(e, x)| *e = -*x);
         matmul(e.rb_mut(), Accum::Add, self.rt.transpose(), u, T::from_f64(1.0), par);
         crate::util::sum_sq(e.rb()) / e.ncols() as f64
-    }
-
-    fn sub_bias(&self, mut a: MatMut<'_, T>) {
-        if let Some(b) = &self.b {
-            for j in 0..a.ncols() {
-                zip!(a.rb_mut().col_mut(j), b.col(0)).for_each(|unzip!(a, b)| *a -= *b);
-            }
-        }
     }
 
     pub(crate) fn check_ws(&self, op: &'static str, ws: &LinearWorkspace<T>) -> Result<()> {
