@@ -48,6 +48,9 @@ pub enum Error {
     /// Reading a data set failed (see [`DataError`]).
     #[error(transparent)]
     Data(#[from] DataError),
+    /// Reading or writing a checkpoint failed (see [`CheckpointError`]).
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     /// An input or a result holds NaN or an infinity.
     #[error("{op}: non-finite value (NaN or infinity)")]
     NonFinite {
@@ -117,6 +120,50 @@ pub enum DataError {
         /// The file (or folder) concerned.
         path: String,
         /// What disagrees.
+        reason: String,
+    },
+}
+
+/// Everything that can go wrong saving or loading a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The file could not be read, written or renamed.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's message.
+        reason: String,
+    },
+    /// The file is not a readable `snf` checkpoint: not safetensors, no or unparsable
+    /// `snf` metadata, an unknown format version, a missing or extra tensor, a tensor of
+    /// the wrong type or shape.
+    #[error("{path}: not a valid snf checkpoint: {reason}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The tensors or the configuration were changed after writing (truncation, bit
+    /// flips, edits): their SHA-256 differs from the one recorded in the file.
+    #[error("{path}: checkpoint is corrupt: SHA-256 {got} does not match the recorded {expected}")]
+    Checksum {
+        /// The file.
+        path: String,
+        /// The digest recorded at write time.
+        expected: String,
+        /// The digest of what is there now.
+        got: String,
+    },
+    /// The checkpoint is intact but its contents are invalid for the model it describes
+    /// (e.g. non-finite parameters, a layer that cannot be built from its configuration).
+    #[error("{path}: checkpoint does not describe a valid model: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The builder's error.
         reason: String,
     },
 }

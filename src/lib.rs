@@ -87,6 +87,7 @@
 #![warn(rustdoc::broken_intra_doc_links)]
 
 pub mod activation;
+pub mod checkpoint;
 pub mod conv;
 pub mod data;
 pub mod error;
@@ -100,7 +101,7 @@ pub mod real;
 pub mod train;
 mod util;
 
-pub use error::{DataError, Error, Result};
+pub use error::{CheckpointError, DataError, Error, Result};
 pub use real::Real;
 
 /// The README's Rust example runs as a doctest.

@@ -22,8 +22,8 @@ fn short_training_lowers_validation_nll_for_both_twins() {
         let flow = fc_two_layer::<f32, _>(snf_model, &mut snf::init::rng(3)).unwrap();
         let mut t = Trainer::new(flow, cfg, Par::rayon(2)).unwrap();
         let (before, _) = t.evaluate(&m.valid).unwrap();
-        let r1 = t.epoch(&m.train, &m.valid, 1).unwrap();
-        let r2 = t.epoch(&m.train, &m.valid, 2).unwrap();
+        let r1 = t.epoch(&m.train, &m.valid).unwrap();
+        let r2 = t.epoch(&m.train, &m.valid).unwrap();
         // An untrained flow (W ~ I) sits near 2800 nats here; two epochs of 10 steps at
         // lr 1e-3 bring it down by hundreds. Asserting 50 nats per epoch leaves a wide
         // margin and still fails if the parameters do not move or move the wrong way.
@@ -47,7 +47,7 @@ fn training_is_deterministic_under_a_seed() {
         let cfg = TrainConfig { epochs: 1, angle_batches: 0, adam: AdamConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
         let flow = fc_two_layer::<f64, _>(true, &mut snf::init::rng(5)).unwrap();
         let mut t = Trainer::new(flow, cfg, Par::Seq).unwrap();
-        t.epoch(&m.train, &m.valid, 1).unwrap().val_nll
+        t.epoch(&m.train, &m.valid).unwrap().val_nll
     };
     assert_eq!(run(), run());
 }
@@ -74,7 +74,7 @@ fn geco_moves_lambda_both_ways_and_divergence_is_reported() {
     let cfg = TrainConfig { epochs: 1, angle_batches: 0, max_reconstruction_error: 0.0, ..Default::default() };
     let flow = fc_two_layer::<f32, _>(true, &mut snf::init::rng(1)).unwrap();
     let mut t = Trainer::new(flow, cfg, Par::Seq).unwrap();
-    let err = t.epoch(&m.train, &m.valid, 1).unwrap_err();
+    let err = t.epoch(&m.train, &m.valid).unwrap_err();
     assert!(err.to_string().contains("diverged"), "{err}");
     assert!(Trainer::new(fc_two_layer::<f32, _>(true, &mut snf::init::rng(1)).unwrap(), TrainConfig { batch: 0, ..Default::default() }, Par::Seq).is_err());
 }

@@ -299,6 +299,11 @@ impl<T: Real> SplineActivation<T> {
     pub fn config(&self) -> &SplineConfig {
         &self.cfg
     }
+    /// The parameters `[widths, heights, slopes]` (`K x D`, `K x D`, `(K-1) x D`),
+    /// unnormalised, as [`from_parts`](Self::from_parts) takes them.
+    pub fn parameters(&self) -> [MatRef<'_, T>; 3] {
+        [self.w.as_ref(), self.h.as_ref(), self.d.as_ref()]
+    }
     /// Entries per example.
     pub fn dim(&self) -> usize {
         self.w.ncols()

@@ -137,6 +137,27 @@ impl<T: Real> Layer<T> {
         }
     }
 
+    /// The parameter blocks with short names, in the order of the gradient blocks and of
+    /// the optimiser's state: `w`, `r`, `b` (linear and convolutional layers; the exact
+    /// baselines have no `r`), `widths`, `heights`, `slopes` (splines).
+    pub fn named_params(&self) -> Vec<(&'static str, MatRef<'_, T>)> {
+        fn with_bias<'a, T: Real>(mut v: Vec<(&'static str, MatRef<'a, T>)>, b: Option<MatRef<'a, T>>) -> Vec<(&'static str, MatRef<'a, T>)> {
+            v.extend(b.map(|b| ("b", b)));
+            v
+        }
+        match self {
+            Layer::Linear(l) => with_bias(vec![("w", l.w()), ("r", l.r())], l.bias()),
+            Layer::ExactLinear(l) => with_bias(vec![("w", l.w())], l.bias()),
+            Layer::Conv(l) => with_bias(vec![("w", l.w()), ("r", l.r())], l.bias()),
+            Layer::ExactConv(l) => with_bias(vec![("w", l.w())], l.bias()),
+            Layer::Spline(l) => {
+                let [w, h, d] = l.parameters();
+                vec![("widths", w), ("heights", h), ("slopes", d)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// True for layers with parameters trained by self-normalizing gradients.
     pub fn is_self_normalizing(&self) -> bool {
         matches!(self, Layer::Linear(_) | Layer::Conv(_))

@@ -35,6 +35,10 @@ impl Squeeze {
     pub fn dim(&self) -> usize {
         self.channels * self.height * self.width
     }
+    /// The input shape `[C, H, W]`.
+    pub fn in_shape(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
     /// The output shape `[4C, H/2, W/2]`.
     pub fn out_shape(&self) -> [usize; 3] {
         [4 * self.channels, self.height / 2, self.width / 2]

@@ -7,7 +7,7 @@ use crate::real::Real;
 
 /// Adam hyper-parameters. Defaults are the paper's: `lr = 1e-4`, `betas = (0.9, 0.999)`,
 /// `eps = 1e-8`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamConfig {
     /// Learning rate.
     pub lr: f64,
@@ -23,6 +23,17 @@ impl Default for AdamConfig {
     fn default() -> Self {
         Self { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
     }
+}
+
+/// A snapshot of an [`Adam`]'s state: the step count and both moments of every block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamState<T: Real> {
+    /// Steps taken.
+    pub t: u64,
+    /// First moments, one per block.
+    pub m: Vec<Mat<T>>,
+    /// Second moments, one per block.
+    pub v: Vec<Mat<T>>,
 }
 
 /// Adam state for a fixed list of parameter blocks. It sees gradients, never data.
@@ -77,6 +88,40 @@ impl<T: Real> Adam<T> {
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.t
+    }
+
+    /// The step count and the moments $m$, $v$ of every block (for checkpoints).
+    pub fn state(&self) -> AdamState<T> {
+        AdamState { t: self.t, m: self.m.clone(), v: self.v.clone() }
+    }
+
+    /// Continue from a saved [`state`](Self::state).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] / [`Error::ShapeMismatch`] if the blocks differ in
+    /// number or shape from this optimiser's, [`Error::NonFinite`] for NaN or infinite
+    /// moments, [`Error::InvalidArgument`] for a negative second moment.
+    pub fn set_state(&mut self, state: AdamState<T>) -> Result<()> {
+        const OP: &str = "Adam::set_state";
+        if state.m.len() != self.m.len() || state.v.len() != self.v.len() {
+            return Err(Error::InvalidArgument { op: OP, reason: format!("{} / {} moment blocks, {} expected", state.m.len(), state.v.len(), self.m.len()) });
+        }
+        for ((m, v), own) in state.m.iter().zip(&state.v).zip(&self.m) {
+            crate::error::check_shape(OP, (own.nrows(), own.ncols()), (m.nrows(), m.ncols()))?;
+            crate::error::check_shape(OP, (own.nrows(), own.ncols()), (v.nrows(), v.ncols()))?;
+            if !(crate::util::all_finite(m.as_ref()) && crate::util::all_finite(v.as_ref())) {
+                return Err(Error::NonFinite { op: OP });
+            }
+            let mut negative = false;
+            zip!(v.as_ref()).for_each(|unzip!(x)| negative |= *x < T::from_f64(0.0));
+            if negative {
+                return Err(Error::InvalidArgument { op: OP, reason: "negative second moment".into() });
+            }
+        }
+        self.t = state.t;
+        self.m = state.m;
+        self.v = state.v;
+        Ok(())
     }
 
     /// One update of every block, given `(parameter, gradient)` pairs in the order of

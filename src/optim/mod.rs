@@ -2,4 +2,4 @@
 
 mod adam;
 
-pub use adam::{Adam, AdamConfig};
+pub use adam::{Adam, AdamConfig, AdamState};

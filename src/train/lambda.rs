@@ -1,7 +1,7 @@
 //! The reconstruction penalty λ: fixed, or a GECO-style Lagrange multiplier.
 
 /// λ of Eq. 3.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Lambda {
     /// A constant λ.
     Fixed(f64),
@@ -18,7 +18,7 @@ pub enum Lambda {
 /// fast as an error $k$ times below shrinks it): a linear rule $\eta(C_t/c^\ast - 1)$ lets one
 /// spike of the error inflate λ by orders of magnitude that it then takes epochs to undo
 /// (seen on MNIST, `docs/results.md`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Geco {
     /// Target reconstruction error $c^\ast$ (sum over layers, batch mean).
     pub target: f64,

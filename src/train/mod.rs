@@ -4,6 +4,7 @@
 //! exact validation NLL after every epoch with the best epoch kept, and per-layer angles
 //! between the self-normalizing and the exact gradient (Fig. 3). Deterministic under a seed.
 
+mod json_f64;
 mod lambda;
 
 pub use lambda::{Geco, Lambda};
@@ -13,17 +14,18 @@ use std::time::Instant;
 use faer::{Mat, Par};
 use rand::Rng;
 use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
 
 use crate::data::batches::epoch_order;
 use crate::data::mnist::Split;
 use crate::error::{Error, Result};
 use crate::flow::{Flow, FlowGrads, FlowWorkspace, Layer};
-use crate::optim::{Adam, AdamConfig};
+use crate::optim::{Adam, AdamConfig, AdamState};
 use crate::real::Real;
 
 /// Training settings. `Default` is the paper's FC setting (batch 100, lr 1e-4, λ = 1)
 /// with a one-epoch warm-up and no clipping.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Epochs to run.
     pub epochs: usize,
@@ -63,20 +65,25 @@ impl Default for TrainConfig {
     }
 }
 
-/// What one epoch measured.
-#[derive(Debug, Clone, PartialEq)]
+/// What one epoch measured. Serialises to JSON with non-finite values as strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     /// 1-based epoch.
     pub epoch: usize,
     /// Mean summed reconstruction error over the epoch's batches.
+    #[serde(with = "json_f64")]
     pub reconstruction_error: f64,
     /// λ at the end of the epoch.
+    #[serde(with = "json_f64")]
     pub lambda: f64,
     /// Mean partial training log-likelihood (without the linear layers' log-dets).
+    #[serde(with = "json_f64")]
     pub train_partial_log_prob: f64,
     /// Exact validation NLL in nats per example.
+    #[serde(with = "json_f64")]
     pub val_nll: f64,
     /// The same in bits per dimension.
+    #[serde(with = "json_f64")]
     pub val_bpd: f64,
     /// Seconds spent in training steps this epoch (evaluation excluded).
     pub train_seconds: f64,
@@ -85,12 +92,50 @@ pub struct EpochRecord {
     /// Per self-normalizing layer (index in the flow): mean and standard deviation of the
     /// SNF-vs-exact gradient angle in degrees over the measured batches, all parameter
     /// blocks of the layer together ($W$, $R$, $b$).
+    #[serde(with = "json_f64::triples")]
     pub angles: Vec<(usize, f64, f64)>,
     /// The same for the forward weight block alone ($W$ or $w$): the likelihood parts of the
     /// two gradients differ only by the log-det surrogate there (fc.md, Consequence 2).
+    #[serde(with = "json_f64::triples")]
     pub angles_w: Vec<(usize, f64, f64)>,
     /// Steps skipped because the loss or a gradient was not finite.
     pub skipped_steps: usize,
+}
+
+/// What a training step reports to [`Trainer::epoch_with`]'s callback.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepProgress {
+    /// The epoch (1-based).
+    pub epoch: usize,
+    /// Steps done in this epoch (1-based).
+    pub step: usize,
+    /// Steps in this epoch.
+    pub steps: usize,
+    /// This step's summed reconstruction error.
+    pub reconstruction_error: f64,
+    /// This step's batch-mean partial log-likelihood (without the data-independent log-dets).
+    pub partial_log_prob: f64,
+    /// λ after this step.
+    pub lambda: f64,
+    /// Steps skipped so far this epoch (non-finite loss or gradients).
+    pub skipped: usize,
+}
+
+/// Everything a [`Trainer`] carries from one epoch to the next besides the flow itself:
+/// enough to continue training bit for bit (data order and dequantisation noise are
+/// functions of the seed and the epoch). Saved in checkpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainerState<T: Real> {
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// The penalty, with a GECO multiplier's current value and moving average.
+    pub lambda: Lambda,
+    /// Adam's state, one per layer (parameter-free layers have empty ones).
+    pub adam: Vec<AdamState<T>>,
+    /// Best epoch so far and its validation NLL.
+    pub best: Option<(usize, f64)>,
+    /// The records of the epochs run so far, in order.
+    pub history: Vec<EpochRecord>,
 }
 
 /// Trains one flow; owns its optimiser state and buffers (allocated once).
@@ -106,6 +151,7 @@ pub struct Trainer<T: Real> {
     lambda: Lambda,
     step: u64,
     best: Option<(usize, f64, Flow<T>)>,
+    history: Vec<EpochRecord>,
 }
 
 impl<T: Real> Trainer<T> {
@@ -128,7 +174,66 @@ impl<T: Real> Trainer<T> {
         let exact_grads = (snf && cfg.angle_batches > 0).then(|| flow.zero_grads());
         let ws = flow.workspace(cfg.batch, par, exact_grads.is_some());
         let batch = Mat::zeros(flow.dim(), cfg.batch);
-        Ok(Self { flow, cfg, adams, grads, exact_grads, ws, batch, order: Vec::new(), lambda: cfg.lambda, step: 0, best: None })
+        Ok(Self { flow, cfg, adams, grads, exact_grads, ws, batch, order: Vec::new(), lambda: cfg.lambda, step: 0, best: None, history: Vec::new() })
+    }
+
+    /// Continue a run from a saved [`TrainerState`] (see [`state`](Self::state)), with
+    /// `flow` the flow at the end of the last completed epoch and `best_flow` the flow
+    /// of the state's best epoch (required when the state has one).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new); [`Error::InvalidArgument`] when the optimiser state does
+    /// not fit the flow, the history is not the epochs `1..=n` in order, or the best flow
+    /// is missing or of another dimension.
+    pub fn resume(flow: Flow<T>, cfg: TrainConfig, par: Par, state: TrainerState<T>, best_flow: Option<Flow<T>>) -> Result<Self> {
+        const OP: &str = "Trainer::resume";
+        let mut t = Self::new(flow, cfg, par)?;
+        if state.adam.len() != t.adams.len() {
+            return Err(Error::InvalidArgument { op: OP, reason: format!("{} optimiser states for {} layers", state.adam.len(), t.adams.len()) });
+        }
+        for (adam, s) in t.adams.iter_mut().zip(state.adam) {
+            adam.set_state(s)?;
+        }
+        if state.history.iter().enumerate().any(|(i, r)| r.epoch != i + 1) {
+            return Err(Error::InvalidArgument { op: OP, reason: "the history is not epochs 1, 2, ... in order".into() });
+        }
+        t.best = match (state.best, best_flow) {
+            (None, _) => None,
+            (Some((e, nll)), Some(f)) if f.dim() == t.flow.dim() && e >= 1 && e <= state.history.len() => Some((e, nll, f)),
+            (Some(_), _) => return Err(Error::InvalidArgument { op: OP, reason: "the state's best epoch needs its flow".into() }),
+        };
+        t.step = state.step;
+        t.lambda = state.lambda;
+        t.history = state.history;
+        Ok(t)
+    }
+
+    /// A snapshot of the training state (for checkpoints; see [`resume`](Self::resume)).
+    pub fn state(&self) -> TrainerState<T> {
+        TrainerState {
+            step: self.step,
+            lambda: self.lambda,
+            adam: self.adams.iter().map(Adam::state).collect(),
+            best: self.best.as_ref().map(|(e, n, _)| (*e, *n)),
+            history: self.history.clone(),
+        }
+    }
+
+    /// The records of the epochs run so far.
+    pub fn history(&self) -> &[EpochRecord] {
+        &self.history
+    }
+    /// The next epoch to run (1-based).
+    pub fn next_epoch(&self) -> usize {
+        self.history.len() + 1
+    }
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+    /// The current λ.
+    pub fn lambda(&self) -> f64 {
+        self.lambda.value()
     }
 
     /// The flow being trained.
@@ -144,14 +249,24 @@ impl<T: Real> Trainer<T> {
         self.step
     }
 
-    /// One epoch over `train` (full batches only, in the order fixed by seed and epoch),
-    /// then the exact NLL on `valid`.
+    /// Run epoch [`next_epoch`](Self::next_epoch) over `train` (full batches only, in
+    /// the order fixed by seed and epoch), then the exact NLL on `valid`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the reconstruction error passes the divergence
     /// threshold; the layers' errors.
-    pub fn epoch(&mut self, train: &Split, valid: &Split, epoch: usize) -> Result<EpochRecord> {
+    pub fn epoch(&mut self, train: &Split, valid: &Split) -> Result<EpochRecord> {
+        self.epoch_with(train, valid, |_| {})
+    }
+
+    /// [`epoch`](Self::epoch), calling `progress` after every training step (for progress
+    /// displays; it runs between steps, so it costs nothing inside them).
+    ///
+    /// # Errors
+    /// As [`epoch`](Self::epoch).
+    pub fn epoch_with(&mut self, train: &Split, valid: &Split, mut progress: impl FnMut(&StepProgress)) -> Result<EpochRecord> {
         const OP: &str = "Trainer::epoch";
+        let epoch = self.next_epoch();
         let n = train.len();
         let bsz = self.cfg.batch;
         let steps_per_epoch = n / bsz;
@@ -220,6 +335,15 @@ impl<T: Real> Trainer<T> {
             recon_sum += stats.reconstruction_error;
             logp_sum += stats.partial_log_prob;
             counted += 1;
+            progress(&StepProgress {
+                epoch,
+                step: s + 1,
+                steps: steps_per_epoch,
+                reconstruction_error: stats.reconstruction_error,
+                partial_log_prob: stats.partial_log_prob,
+                lambda: self.lambda.value(),
+                skipped,
+            });
         }
         self.order = order;
         let train_seconds = t0.elapsed().as_secs_f64() - angle_time;
@@ -243,7 +367,7 @@ impl<T: Real> Trainer<T> {
         };
         let (angles, angles_w) = (summarise(&angle_samples), summarise(&angle_w_samples));
         let c = counted.max(1) as f64;
-        Ok(EpochRecord {
+        let record = EpochRecord {
             epoch,
             reconstruction_error: recon_sum / c,
             lambda: self.lambda.value(),
@@ -255,7 +379,9 @@ impl<T: Real> Trainer<T> {
             angles,
             angles_w,
             skipped_steps: skipped,
-        })
+        };
+        self.history.push(record.clone());
+        Ok(record)
     }
 
     /// Exact NLL of `data` (nats per example, and bits per dimension) under the current
@@ -296,6 +422,23 @@ pub fn evaluate<T: Real>(
     batch: &mut Mat<T>,
 ) -> Result<(f64, f64)> {
     let static_ld = flow.static_log_det(ws)?;
+    evaluate_given(flow, static_ld, data, batch_size, seed, ws, batch)
+}
+
+/// [`evaluate`] with the data-independent log-det $\sum_k\log|\det W_k|$ given (e.g. the
+/// value cached in a checkpoint) instead of computed.
+///
+/// # Errors
+/// Shape errors, the layers' errors.
+pub fn evaluate_given<T: Real>(
+    flow: &Flow<T>,
+    static_ld: f64,
+    data: &Split,
+    batch_size: usize,
+    seed: u64,
+    ws: &mut FlowWorkspace<T>,
+    batch: &mut Mat<T>,
+) -> Result<(f64, f64)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_E7A1);
     let mut lp = vec![0.0; batch_size];
     let (mut total, mut n) = (0.0, 0usize);

@@ -21,6 +21,7 @@ use crate::real::Real;
 /// $\mathcal T(w)$ and factors and inverts it ($O(D^3)$).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExactConv2d<T: Real> {
+    config: SelfNormConv2dConfig,
     geom: Conv2dGeometry,
     w: Mat<T>,
     b: Option<Mat<T>>,
@@ -67,12 +68,29 @@ impl<T: Real> ExactConv2d<T> {
     /// As [`SelfNormConv2d::new`].
     pub fn new(config: SelfNormConv2dConfig, rng: &mut impl Rng) -> Result<Self> {
         let snf = SelfNormConv2d::<T>::new(config, rng)?;
-        Ok(Self { geom: snf.geom_w, w: snf.w, b: snf.b })
+        Ok(Self { config, geom: snf.geom_w, w: snf.w, b: snf.b })
+    }
+
+    /// A layer from an explicit kernel (in the layout of [`Conv2dGeometry`]) and bias
+    /// (`C x 1`), e.g. from a checkpoint.
+    ///
+    /// # Errors
+    /// As [`SelfNormConv2d::from_parts`].
+    pub fn from_parts(config: SelfNormConv2dConfig, w: Mat<T>, b: Option<Mat<T>>) -> Result<Self> {
+        // validate through the self-normalizing constructor with r = w (r is not kept)
+        let config = config.with_inverse_kernel(config.forward.kernel);
+        let snf = SelfNormConv2d::from_parts(config, w.clone(), w, b)?;
+        Ok(Self::from_self_normalizing(&snf))
     }
 
     /// The forward half of an existing self-normalizing layer.
     pub fn from_self_normalizing(layer: &SelfNormConv2d<T>) -> Self {
-        Self { geom: layer.geom_w, w: layer.w.clone(), b: layer.b.clone() }
+        Self { config: *layer.config(), geom: layer.geom_w, w: layer.w.clone(), b: layer.b.clone() }
+    }
+
+    /// The configuration it was built from (its inverse-kernel size is unused).
+    pub fn config(&self) -> &SelfNormConv2dConfig {
+        &self.config
     }
 
     /// The dimension $D = CHW$.

@@ -61,6 +61,17 @@ impl<T: Real> ExactLinear<T> {
         Ok(Self { w: l.w, b: l.b })
     }
 
+    /// A layer from explicit parameters (e.g. a checkpoint).
+    ///
+    /// # Errors
+    /// [`Error::NotSquare`] / [`Error::ShapeMismatch`] on bad shapes,
+    /// [`Error::InvalidArgument`] for an empty layer, [`Error::NonFinite`] for NaN/inf.
+    pub fn from_parts(w: Mat<T>, b: Option<Mat<T>>) -> Result<Self> {
+        // the self-normalizing constructor checks the same things; R is not kept
+        let l = super::SelfNormLinear::from_parts(w.clone(), w, b)?;
+        Ok(Self { w: l.w, b: l.b })
+    }
+
     /// The dimension.
     pub fn dim(&self) -> usize {
         self.w.nrows()
@@ -68,6 +79,10 @@ impl<T: Real> ExactLinear<T> {
     /// The weight $W$.
     pub fn w(&self) -> MatRef<'_, T> {
         self.w.as_ref()
+    }
+    /// The bias, if any (`D x 1`).
+    pub fn bias(&self) -> Option<MatRef<'_, T>> {
+        self.b.as_ref().map(|b| b.as_ref())
     }
 
     /// Zeroed gradients.

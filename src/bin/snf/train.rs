@@ -1,0 +1,293 @@
+//! `snf train`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use faer::Par;
+use indicatif::{ProgressBar, ProgressStyle};
+use snf::checkpoint::Checkpoint;
+use snf::optim::AdamConfig;
+use snf::train::{Geco, Lambda, TrainConfig, Trainer};
+use snf::Real;
+
+use crate::error::{CliError, Result};
+use crate::run::{build_model, load_mnist, CheckpointMeta, Grad, Model, Precision, RunDir, RunSettings};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model to train.
+    #[arg(long, value_enum, default_value = "fc")]
+    model: Model,
+    /// Self-normalizing or exact gradients.
+    #[arg(long, value_enum, default_value = "snf")]
+    grad: Grad,
+    /// Total epochs (with --resume: the new total).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Peak learning rate [default: 1e-4 for fc, 1e-3 for conv, the paper's].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Reconstruction penalty λ (fixed).
+    #[arg(long, default_value_t = 1.0, conflicts_with = "geco_target")]
+    lambda: f64,
+    /// Steer λ so that the summed reconstruction error tracks this target (GECO).
+    #[arg(long)]
+    geco_target: Option<f64>,
+    /// Batch size.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Learning-rate warm-up in epochs.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    clip_norm: Option<f64>,
+    /// Seed (initialisation, data order, dequantisation noise).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Measure the SNF-vs-exact gradient angle on this many batches per epoch (Fig. 3).
+    #[arg(long, default_value_t = 1)]
+    angle_batches: usize,
+    /// MNIST folder with the IDX files and checksums [default: the shipped copy].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    train_subset: Option<usize>,
+    /// Validate on the first N validation images only.
+    #[arg(long)]
+    valid_subset: Option<usize>,
+    /// Precision.
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+    /// Worker threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Run folder [default: runs/MODEL-GRAD].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint (settings come from the run).
+    #[arg(long)]
+    resume: bool,
+    /// Start over in a run folder that already has checkpoints.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Samples in the grid drawn at the end (0: none).
+    #[arg(long, default_value_t = 64)]
+    samples: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+const DEFAULT_EPOCHS: usize = 3;
+
+pub fn run(a: Args) -> Result<()> {
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", model_name(a.model), grad_name(a.grad))));
+    let dir = RunDir::new(out);
+    let settings = if a.resume {
+        let last = dir.last();
+        if !last.is_file() {
+            return Err(CliError::Usage(format!("{}: nothing to resume (no checkpoints/last.safetensors)", dir.root.display())));
+        }
+        let bytes = std::fs::read(&last).map_err(|e| crate::error::io(&last, e))?;
+        let meta = match snf::checkpoint::stored_dtype(&bytes, &last.display().to_string())? {
+            "f32" => Checkpoint::<f32>::from_bytes(&bytes, &last.display().to_string())?.meta,
+            _ => Checkpoint::<f64>::from_bytes(&bytes, &last.display().to_string())?.meta,
+        };
+        let meta: CheckpointMeta = serde_json::from_value(meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", last.display())))?;
+        let mut s = meta.settings;
+        if let Some(e) = a.epochs {
+            s.config.epochs = e;
+        }
+        s
+    } else {
+        if dir.last().exists() && !a.force {
+            return Err(CliError::Usage(format!(
+                "{} already holds a run; pass --resume to continue it or --force to start over",
+                dir.root.display()
+            )));
+        }
+        settings_from(&a)?
+    };
+    dir.create()?;
+    dir.write_settings(&settings)?;
+    match settings.precision {
+        Precision::F32 => train::<f32>(&settings, &dir, a.resume, a.samples, a.quiet),
+        Precision::F64 => train::<f64>(&settings, &dir, a.resume, a.samples, a.quiet),
+    }
+}
+
+fn model_name(m: Model) -> &'static str {
+    match m {
+        Model::Fc => "fc",
+        Model::Conv => "conv",
+    }
+}
+
+fn grad_name(g: Grad) -> &'static str {
+    match g {
+        Grad::Snf => "snf",
+        Grad::Exact => "exact",
+    }
+}
+
+fn settings_from(a: &Args) -> Result<RunSettings> {
+    let positive = |name: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(CliError::Usage(format!("--{name} must be a positive number, got {v}")))
+        }
+    };
+    let lr = positive("lr", a.lr.unwrap_or(if a.model == Model::Conv { 1e-3 } else { 1e-4 }))?;
+    let lambda = match a.geco_target {
+        Some(t) => Lambda::Geco(Geco::new(positive("geco-target", t)?, positive("lambda", a.lambda)?)),
+        None => Lambda::Fixed(positive("lambda", a.lambda)?),
+    };
+    if let Some(c) = a.clip_norm {
+        positive("clip-norm", c)?;
+    }
+    if !(a.warmup.is_finite() && a.warmup >= 0.0) {
+        return Err(CliError::Usage(format!("--warmup must be a non-negative number, got {}", a.warmup)));
+    }
+    let epochs = a.epochs.unwrap_or(DEFAULT_EPOCHS);
+    if epochs == 0 || a.batch == 0 {
+        return Err(CliError::Usage("--epochs and --batch must be positive".into()));
+    }
+    let config = TrainConfig {
+        epochs,
+        batch: a.batch,
+        adam: AdamConfig { lr, ..Default::default() },
+        warmup_epochs: a.warmup,
+        clip_norm: a.clip_norm,
+        lambda,
+        seed: a.seed,
+        angle_batches: if a.grad == Grad::Snf { a.angle_batches } else { 0 },
+        ..Default::default()
+    };
+    Ok(RunSettings {
+        model: a.model,
+        grad: a.grad,
+        precision: a.precision,
+        data: a.data.clone(),
+        train_subset: a.train_subset,
+        valid_subset: a.valid_subset,
+        threads: a.threads,
+        config,
+    })
+}
+
+/// A test-only fault hook: `SNF_FAULT=abort-before-rename:N` kills the process (abort, as a
+/// crash or `kill -9` would) after the epoch-N `last` checkpoint is fully written to its
+/// temporary file and before it replaces the previous one.
+fn fault_epoch() -> Option<usize> {
+    std::env::var("SNF_FAULT").ok()?.strip_prefix("abort-before-rename:")?.parse().ok()
+}
+
+fn train<T: Real>(s: &RunSettings, dir: &RunDir, resume: bool, samples: usize, quiet: bool) -> Result<()> {
+    let mnist = load_mnist(s)?;
+    let par = Par::rayon(s.threads);
+    let mut trainer = if resume {
+        let ck = Checkpoint::<T>::load(&dir.last())?;
+        let (cfg, state) = ck.training.ok_or_else(|| CliError::Usage(format!("{}: holds no training state", dir.last().display())))?;
+        let cfg = TrainConfig { epochs: s.config.epochs, ..cfg };
+        // The best checkpoint is written before `last`, so after a crash between the two
+        // it may be one epoch ahead of `last`; that epoch is rerun (deterministically) and
+        // improves on the state's best again, so its flow stands in until then.
+        let best_flow = match state.best {
+            None => None,
+            Some((e, _)) => {
+                let b = Checkpoint::<T>::load(&dir.best())?;
+                let meta: CheckpointMeta = serde_json::from_value(b.meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", dir.best().display())))?;
+                if meta.epoch != e && meta.epoch <= state.history.len() {
+                    return Err(CliError::Usage(format!(
+                        "{}: holds epoch {}, the last checkpoint's best is epoch {e}",
+                        dir.best().display(),
+                        meta.epoch
+                    )));
+                }
+                Some(b.flow)
+            }
+        };
+        Trainer::resume(ck.flow, cfg, par, state, best_flow)?
+    } else {
+        Trainer::new(build_model::<T>(s)?, s.config, par)?
+    };
+    dir.write_metrics(trainer.history())?;
+    let first = trainer.next_epoch();
+    let total = s.config.epochs;
+    if !quiet {
+        eprintln!(
+            "{} {} model, {} gradients, {} training / {} validation images, epochs {first}..={total}, run folder {}",
+            if resume { "resuming" } else { "training" },
+            model_name(s.model),
+            grad_name(s.grad),
+            mnist.train.len(),
+            mnist.valid.len(),
+            dir.root.display()
+        );
+    }
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+        .map_err(|e| CliError::Usage(e.to_string()))?
+        .progress_chars("=> ");
+    for epoch in first..=total {
+        let steps = mnist.train.len() / s.config.batch;
+        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(steps as u64) };
+        bar.set_style(style.clone());
+        bar.set_prefix(format!("epoch {epoch}/{total}"));
+        let t0 = Instant::now();
+        let batch = s.config.batch;
+        let record = trainer.epoch_with(&mnist.train, &mnist.valid, |p| {
+            let rate = (p.step * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position(p.step as u64);
+            bar.set_message(format!(
+                "train -log p~ {:.1}  recon {:.2e}  lambda {:.3}  {:.0} img/s",
+                -p.partial_log_prob, p.reconstruction_error, p.lambda, rate
+            ));
+        })?;
+        let meta = |epoch: usize, val_nll: f64| serde_json::to_value(CheckpointMeta { settings: s.clone(), epoch, val_nll });
+        if let Some((e, nll, flow)) = trainer.best().filter(|b| b.0 == epoch) {
+            let m = meta(e, nll).map_err(|e| CliError::Usage(e.to_string()))?;
+            Checkpoint::new(flow.clone())?.with_meta(m).save(&dir.best())?;
+        }
+        let m = meta(epoch, record.val_nll).map_err(|e| CliError::Usage(e.to_string()))?;
+        let last = Checkpoint::new(trainer.flow().clone())?.with_training(*trainer.config(), trainer.state()).with_meta(m);
+        if fault_epoch() == Some(epoch) {
+            snf::checkpoint::write_atomic_with(&dir.last(), &last.to_bytes()?, |_| std::process::abort())?;
+        } else {
+            last.save(&dir.last())?;
+        }
+        dir.write_metrics(trainer.history())?;
+        bar.finish_and_clear();
+        if !quiet {
+            eprintln!(
+                "epoch {epoch}/{total}: validation NLL {:.2} nats ({:.4} bits/dim), train {:.1} s, recon {:.3e}, lambda {:.3}{}",
+                record.val_nll,
+                record.val_bpd,
+                record.train_seconds,
+                record.reconstruction_error,
+                record.lambda,
+                if record.skipped_steps > 0 { format!(", {} steps skipped (non-finite)", record.skipped_steps) } else { String::new() }
+            );
+        }
+    }
+    // pictures a person can open
+    crate::plot::plot_runs(std::slice::from_ref(&dir.root), &dir.root)?;
+    if samples > 0 {
+        if let Some((_, _, best)) = trainer.best() {
+            crate::sample::write_samples(best, samples, crate::sample::Inverse::Both, s.config.seed, 1.0, &dir.samples())?;
+        }
+    }
+    if let Some((e, nll, _)) = trainer.best() {
+        println!("best epoch {e}: validation NLL {nll:.2} nats ({:.4} bits/dim)", nll / (784.0 * std::f64::consts::LN_2));
+    }
+    println!("metrics:     {}, {}", dir.metrics_csv().display(), dir.metrics_jsonl().display());
+    println!("checkpoints: {}, {}", dir.best().display(), dir.last().display());
+    println!("plots:       {}", ["nll_vs_epoch.png", "nll_vs_time.png", "angles.png"].map(|p| dir.root.join(p).display().to_string()).join(", "));
+    if samples > 0 {
+        println!("samples:     {} (left: learned inverse, right: exact inverse)", dir.samples().display());
+    }
+    println!("test NLL:    snf eval {}", dir.root.display());
+    Ok(())
+}

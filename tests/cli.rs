@@ -1,0 +1,235 @@
+//! The `snf` binary end to end on a tiny MNIST subset: train -> checkpoint -> eval ->
+//! sample -> plot; kill-and-resume (an abort injected just before a checkpoint replaces
+//! its predecessor, and a real SIGKILL at an arbitrary point) gives bit-identical
+//! parameters to an uninterrupted run; bad arguments and corrupt files give one error line
+//! and a non-zero exit, never a panic.
+#![cfg(feature = "cli")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use snf::checkpoint::Checkpoint;
+
+const BIN: &str = env!("CARGO_BIN_EXE_snf");
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("snf-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn snf(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env_remove("SNF_FAULT").output().expect("the snf binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = snf(args);
+    assert!(o.status.success(), "snf {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A failing command: non-zero exit, and stderr is one line starting with "error:" (or
+/// clap's usage error), with no panic message or backtrace.
+fn fails(args: &[&str]) -> String {
+    let o = snf(args);
+    assert!(!o.status.success(), "snf {args:?} should fail");
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE") && !err.contains("internal error"), "{err}");
+    assert!(err.starts_with("error:"), "{err}");
+    err
+}
+
+fn tiny(out: &Path, epochs: &str) -> Vec<String> {
+    [
+        "train", "--train-subset", "300", "--valid-subset", "200", "--epochs", epochs, "--quiet", "--samples", "0",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([out.display().to_string()])
+    .collect()
+}
+
+fn run_tiny(out: &Path, epochs: &str, extra: &[&str]) -> Output {
+    let mut args = tiny(out, epochs);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(BIN).args(&args).env_remove("SNF_FAULT").output().unwrap()
+}
+
+fn load(p: &Path) -> Checkpoint<f32> {
+    Checkpoint::<f32>::load(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn params_bits(c: &Checkpoint<f32>) -> Vec<u32> {
+    c.flow.layers().iter().flat_map(|l| l.named_params()).flat_map(|(_, m)| (0..m.ncols()).flat_map(move |j| (0..m.nrows()).map(move |i| m[(i, j)].to_bits()))).collect()
+}
+
+#[test]
+fn train_checkpoint_eval_sample_plot() {
+    let run = tmp("e2e");
+    let r = run.display().to_string();
+    let o = ok(&["train", "--train-subset", "300", "--valid-subset", "200", "--epochs", "2", "--samples", "9", "--out", &r]);
+    assert!(o.contains("best epoch") && o.contains("metrics:") && o.contains("samples:"), "{o}");
+    for f in ["run.json", "metrics.csv", "metrics.jsonl", "checkpoints/last.safetensors", "checkpoints/best.safetensors", "samples.png"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    // metrics parse: a header and two rows in the CSV, two JSON records
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3);
+    assert!(rows[0].starts_with("epoch,val_nll,"));
+    let records: Vec<snf::train::EpochRecord> =
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.iter().map(|r| r.epoch).collect::<Vec<_>>(), [1, 2]);
+    assert!(records[1].val_nll < records[0].val_nll, "training lowers the validation NLL");
+    for (row, rec) in rows[1..].iter().zip(&records) {
+        let v: f64 = row.split(',').nth(1).unwrap().parse().unwrap();
+        assert_eq!(v, rec.val_nll);
+    }
+
+    // eval on the validation subset reproduces the NLL logged for the best checkpoint:
+    // same flow, same dequantisation noise, same batches; the only difference is the
+    // cached log-det, computed by the same LU, so they agree to rounding
+    let best = records.iter().min_by(|a, b| a.val_nll.total_cmp(&b.val_nll)).unwrap();
+    let e: serde_json::Value = serde_json::from_str(&ok(&["eval", &r, "--split", "valid", "--json"])).unwrap();
+    assert_eq!(e["epoch"].as_u64(), Some(best.epoch as u64));
+    assert_eq!(e["examples"].as_u64(), Some(200));
+    let nll = e["nll_nats"].as_f64().unwrap();
+    assert!((nll - best.val_nll).abs() <= 1e-9 * best.val_nll.abs(), "eval {nll} vs logged {}", best.val_nll);
+    // recomputing the log-dets by LU gives the cached value
+    let e2: serde_json::Value = serde_json::from_str(&ok(&["eval", &r, "--split", "valid", "--json", "--recompute-log-det"])).unwrap();
+    assert!((e2["static_log_det"].as_f64().unwrap() - e2["cached_static_log_det"].as_f64().unwrap()).abs() < 1e-6);
+    // the test split by default, text output
+    let t = ok(&["eval", &r, "--subset", "300"]);
+    assert!(t.starts_with("test NLL:"), "{t}");
+
+    // samples: both inverses side by side
+    let grid = run.join("grid.png");
+    ok(&["sample", &run.join("checkpoints/best.safetensors").display().to_string(), "-n", "16", "--inverse", "both", "--out", &grid.display().to_string()]);
+    let (w, h) = png_size(&grid);
+    assert!(w > 2 * h - 40 && h >= 4 * 28 * 2, "{w}x{h}: two 4x4 grids side by side, scaled x2");
+
+    // plots for two runs
+    let plots = tmp("plots");
+    let p = ok(&["plot", &r, &r, "--out", &plots.display().to_string()]);
+    for f in ["nll_vs_epoch.png", "nll_vs_time.png", "angles.png"] {
+        assert!(p.contains(f));
+        let (w, h) = png_size(&plots.join(f));
+        assert_eq!((w, h), (960, 600));
+    }
+    let _ = std::fs::remove_dir_all(&run);
+    let _ = std::fs::remove_dir_all(&plots);
+}
+
+fn png_size(p: &Path) -> (u32, u32) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(p).unwrap()));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    (info.width, info.height)
+}
+
+#[test]
+fn kill_and_resume_is_bit_identical_to_an_uninterrupted_run() {
+    let straight = tmp("straight");
+    let o = run_tiny(&straight, "3", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // 1. an abort while the epoch-2 checkpoint is complete in its temporary file but has
+    //    not replaced the epoch-1 one: the process dies, the epoch-1 checkpoint is intact
+    let crashed = tmp("crashed");
+    let mut args = tiny(&crashed, "3");
+    args.push("--threads".into());
+    args.push("2".into());
+    let o = Command::new(BIN).args(&args).env("SNF_FAULT", "abort-before-rename:2").output().unwrap();
+    assert!(!o.status.success(), "the injected abort kills the run");
+    let prev = load(&crashed.join("checkpoints/last.safetensors"));
+    assert_eq!(prev.training.as_ref().unwrap().1.history.len(), 1, "the previous (epoch 1) checkpoint is what is there");
+    let leftovers = std::fs::read_dir(crashed.join("checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp.")).count();
+    assert_eq!(leftovers, 1, "the complete new file never replaced the old one");
+    let o = Command::new(BIN).args(["train", "--resume", "--quiet", "--samples", "0", "--out", &crashed.display().to_string()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let (a, b) = (load(&straight.join("checkpoints/last.safetensors")), load(&crashed.join("checkpoints/last.safetensors")));
+    assert_eq!(params_bits(&a), params_bits(&b), "parameters differ after resuming");
+    let (sa, sb) = (&a.training.as_ref().unwrap().1, &b.training.as_ref().unwrap().1);
+    assert_eq!(sa.adam, sb.adam);
+    assert_eq!(sa.step, sb.step);
+    assert_eq!(sa.history.iter().map(|r| r.val_nll.to_bits()).collect::<Vec<_>>(), sb.history.iter().map(|r| r.val_nll.to_bits()).collect::<Vec<_>>());
+    assert_eq!(params_bits(&load(&straight.join("checkpoints/best.safetensors"))), params_bits(&load(&crashed.join("checkpoints/best.safetensors"))));
+    // the metrics files were rewritten from the checkpoint: three epochs, no duplicates
+    assert_eq!(std::fs::read_to_string(crashed.join("metrics.jsonl")).unwrap().lines().count(), 3);
+
+    // 2. a real SIGKILL as soon as the first checkpoint exists (wherever the process is
+    //    then: training, evaluating, writing), then resume to the same total
+    #[cfg(unix)]
+    {
+        let killed = tmp("killed");
+        let mut child = Command::new(BIN).args(tiny(&killed, "3")).spawn().unwrap();
+        let last = killed.join("checkpoints/last.safetensors");
+        let t0 = std::time::Instant::now();
+        while !last.exists() && t0.elapsed().as_secs() < 120 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let o = Command::new(BIN).args(["train", "--resume", "--quiet", "--samples", "0", "--out", &killed.display().to_string()]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(params_bits(&a), params_bits(&load(&last)), "parameters differ after kill -9 and resume");
+        let _ = std::fs::remove_dir_all(&killed);
+    }
+    let _ = std::fs::remove_dir_all(&straight);
+    let _ = std::fs::remove_dir_all(&crashed);
+}
+
+#[test]
+fn bad_arguments_and_files_give_one_error_line() {
+    let dir = tmp("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    // unknown subcommand / flag / value: clap's usage errors
+    fails(&["frobnicate"]);
+    fails(&["train", "--no-such-flag"]);
+    fails(&["train", "--model", "mlp"]);
+    fails(&["train", "--epochs", "many"]);
+    // values that parse but make no sense
+    let e = fails(&["train", "--lr=-1", "--out", &d]);
+    assert!(e.contains("--lr"), "{e}");
+    fails(&["train", "--lambda", "nan", "--out", &d]);
+    fails(&["train", "--epochs", "0", "--out", &d]);
+    fails(&["sample", &d, "-n", "0"]);
+    // missing data folder
+    let e = fails(&["train", "--data", "/no/such/mnist", "--out", &format!("{d}/r")]);
+    assert!(e.contains("/no/such/mnist"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    // nothing to resume, no checkpoint
+    fails(&["train", "--resume", "--out", &format!("{d}/none")]);
+    fails(&["eval", &format!("{d}/missing.safetensors")]);
+    fails(&["eval", &d]);
+    // corrupt and truncated checkpoints
+    let fc = snf::flow::models::fc_two_layer::<f32, _>(true, &mut snf::init::rng(0)).unwrap();
+    let good = Checkpoint::new(fc).unwrap().to_bytes().unwrap();
+    let mut flipped = good.clone();
+    let k = flipped.len() - 100;
+    flipped[k] ^= 1;
+    std::fs::write(dir.join("flipped.safetensors"), &flipped).unwrap();
+    std::fs::write(dir.join("short.safetensors"), &good[..good.len() / 3]).unwrap();
+    std::fs::write(dir.join("junk.safetensors"), b"hello").unwrap();
+    let e = fails(&["eval", &format!("{d}/flipped.safetensors")]);
+    assert!(e.contains("corrupt"), "{e}");
+    for f in ["short", "junk"] {
+        let e = fails(&["sample", &format!("{d}/{f}.safetensors")]);
+        assert!(e.contains("not a valid snf checkpoint"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    fails(&["plot", &d]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_prints_a_table() {
+    let o = ok(&["bench", "--dims", "32,64", "--batch", "16", "--reps", "1"]);
+    let rows: Vec<&str> = o.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).collect();
+    assert_eq!(rows.len(), 2, "{o}");
+    fails(&["bench", "--dims", "0"]);
+}
