@@ -65,14 +65,28 @@ pub fn forward<T: Real>(
     check_shape(OP, (x.ncols(), 1), (logdet.len(), 1))?;
     par_cols(((x, z), logdet), par, &|((x, mut z), ld): ((MatRef<'_, T>, MatMut<'_, T>), &mut [f64])| {
         for (j, l) in ld.iter_mut().enumerate() {
-            let (xj, zj) = (x.col(j), z.rb_mut().col_mut(j));
-            let mut acc = 0.0;
-            for (zi, xi) in zj.iter_mut().zip(xj.iter()) {
-                let (v, ld) = f.value_and_log_derivative(*xi);
-                *zi = v;
-                acc += ld.as_f64();
+            let (xj, mut zj) = (x.col(j), z.rb_mut().col_mut(j));
+            // lanes of partial sums so that the loop vectorises (a single f64 running sum
+            // is a serial dependency the compiler may not reorder)
+            const L: usize = 8;
+            let mut acc = [0.0f64; L];
+            let n = xj.nrows();
+            let full = n - n % L;
+            let mut i = 0;
+            while i < full {
+                for k in 0..L {
+                    let (v, d) = f.value_and_log_derivative(xj[i + k]);
+                    zj[i + k] = v;
+                    acc[k] += d.as_f64();
+                }
+                i += L;
             }
-            *l += acc;
+            for i in full..n {
+                let (v, d) = f.value_and_log_derivative(xj[i]);
+                zj[i] = v;
+                acc[0] += d.as_f64();
+            }
+            *l += acc.iter().sum::<f64>();
         }
     });
     Ok(())

@@ -3,7 +3,7 @@
 use num_traits::Float;
 
 use super::{sigmoid, softplus, ScalarBijection};
-use crate::real::Real;
+use crate::real::{exp_fast, ln_fast, Real};
 
 /// $f(x) = \alpha x + (1-\alpha)\,\mathrm{softplus}(x)$ with $0 < \alpha < 1$ (the paper uses
 /// $\alpha = 0.3$).
@@ -64,18 +64,26 @@ impl ScalarBijection for SmoothLeakyRelu {
     fn log_derivative_grad<F: Real>(&self, x: F) -> F {
         self.derivative_and_log_derivative_grad(x).1
     }
+    #[inline(always)]
     fn value_and_log_derivative<F: Real>(&self, x: F) -> (F, F) {
-        // one exp and two logs: t = e^{-|x|}, softplus = max(x, 0) + ln(1 + t),
-        // sigma = 1/(1 + t) for x >= 0, t/(1 + t) otherwise
+        // one exp and two logs, branch-free so that batches vectorise:
+        // t = e^{-|x|} in (0, 1], softplus = max(x, 0) + ln(1 + t) (1 + t in (1, 2]: no
+        // cancellation, so ln rather than ln_1p is accurate to the absolute error of f),
+        // sigma = 1/(1 + t) for x >= 0 and t/(1 + t) otherwise; a + (1 - a) sigma is in
+        // [a, 1], inside the domain of the fast ln
         let (a, one) = (F::from_f64(self.alpha), F::one());
-        let t = Float::exp(-Float::abs(x));
-        let sp = Float::max(x, F::zero()) + Float::ln_1p(t);
-        let s = if x >= F::zero() { one / (one + t) } else { t / (one + t) };
-        (a * x + (one - a) * sp, Float::ln(a + (one - a) * s))
+        let t = exp_fast(-Float::abs(x));
+        let sp = Float::max(x, F::zero()) + ln_fast(one + t);
+        let num = if x >= F::zero() { one } else { t };
+        let s = num / (one + t);
+        (a * x + (one - a) * sp, ln_fast(a + (one - a) * s))
     }
+    #[inline(always)]
     fn derivative_and_log_derivative_grad<F: Real>(&self, x: F) -> (F, F) {
         let (a, one) = (F::from_f64(self.alpha), F::one());
-        let s = sigmoid(x);
+        let t = exp_fast(-Float::abs(x));
+        let num = if x >= F::zero() { one } else { t };
+        let s = num / (one + t);
         let d = a + (one - a) * s;
         (d, (one - a) * s * (one - s) / d)
     }

@@ -270,3 +270,23 @@ impl<T: Real> Checkpoint<T> {
         Ok(Self { flow, static_log_det: header.static_log_det, training, meta: header.meta })
     }
 }
+
+/// Helpers for the fuzz targets (not part of the API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Rewrite a safetensors file's `snf.sha256` to match its contents, so that a fuzzer's
+    /// mutations of the configuration and the tensors reach the parser and the layer
+    /// builders instead of stopping at the checksum. `None` if it is not safetensors.
+    pub fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
+        let st = SafeTensors::deserialize(bytes).ok()?;
+        let (_, metadata) = SafeTensors::read_metadata(bytes).ok()?;
+        let mut meta = metadata.metadata().clone().unwrap_or_default();
+        let json = meta.get(META_KEY).cloned().unwrap_or_default();
+        let views = st.tensors();
+        let digest = tensors::digest(&json, views.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())));
+        meta.insert(DIGEST_KEY.to_string(), digest);
+        safetensors::serialize(views, Some(meta)).ok()
+    }
+}

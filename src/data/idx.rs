@@ -63,8 +63,17 @@ pub fn parse_idx(bytes: &[u8], path: &str) -> Result<IdxArray, DataError> {
 /// # Errors
 /// [`DataError::Io`] if the file cannot be read or the gzip stream is corrupt.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let io = |e: std::io::Error| DataError::Io { path: path.display().to_string(), reason: e.to_string() };
-    let raw = std::fs::read(path).map_err(io)?;
+    let raw = std::fs::read(path).map_err(|e| DataError::Io { path: path.display().to_string(), reason: e.to_string() })?;
+    decode_maybe_gz(raw, &path.display().to_string())
+}
+
+/// Decompress `raw` if it is gzip (by its magic bytes), else return it; at most
+/// 1 GiB + 1 bytes are inflated (a larger payload then fails the IDX length check).
+///
+/// # Errors
+/// [`DataError::Io`] for a corrupt gzip stream (`path` names it).
+pub fn decode_maybe_gz(raw: Vec<u8>, path: &str) -> Result<Vec<u8>, DataError> {
+    let io = |e: std::io::Error| DataError::Io { path: path.to_string(), reason: e.to_string() };
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])

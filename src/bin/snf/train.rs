@@ -63,7 +63,7 @@ pub struct Args {
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Run folder [default: runs/MODEL-GRAD].
+    /// Run folder [default: runs/MODEL-GRAD, or runs/MODEL-GRAD-2, -3, ... if taken].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint (settings come from the run).
@@ -83,7 +83,18 @@ pub struct Args {
 const DEFAULT_EPOCHS: usize = 3;
 
 pub fn run(a: Args) -> Result<()> {
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", model_name(a.model), grad_name(a.grad))));
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None if a.resume => return Err(CliError::Usage("--resume needs --out RUN_DIR".into())),
+        // a fresh default folder, so that the quickstart command can be run again
+        None => {
+            let base = format!("runs/{}-{}", model_name(a.model), grad_name(a.grad));
+            (1..)
+                .map(|k| if k == 1 { PathBuf::from(&base) } else { PathBuf::from(format!("{base}-{k}")) })
+                .find(|p| !RunDir::new(p.clone()).last().exists())
+                .unwrap_or_else(|| PathBuf::from(base))
+        }
+    };
     let dir = RunDir::new(out);
     let settings = if a.resume {
         let last = dir.last();
