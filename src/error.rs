@@ -48,6 +48,15 @@ pub enum Error {
     /// Reading a data set failed (see [`DataError`]).
     #[error(transparent)]
     Data(#[from] DataError),
+    /// The GPU backend (feature `cuda`) is unavailable or failed: no driver, cuBLAS or
+    /// NVRTC on this machine, no such device, a failed launch or copy.
+    #[error("{op}: {reason}")]
+    Gpu {
+        /// The operation.
+        op: &'static str,
+        /// What happened.
+        reason: String,
+    },
     /// Reading or writing a checkpoint failed (see [`CheckpointError`]).
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),

@@ -89,6 +89,8 @@
 pub mod activation;
 pub mod checkpoint;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod exact;
