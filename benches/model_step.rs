@@ -37,6 +37,19 @@ fn fc_step(c: &mut Criterion) {
                 }
             })
         });
+        if snf_model {
+            // the step's parts, same run: forward + backward sweep alone, Adam alone
+            group.bench_function("snf_gradients_only", |bch| {
+                bch.iter(|| flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap())
+            });
+            group.bench_function("snf_adam_only", |bch| {
+                bch.iter(|| {
+                    for ((l, g), a) in flow.layers_mut().iter_mut().zip(&grads.layers).zip(&mut adams) {
+                        l.adam_step(g, a).unwrap();
+                    }
+                })
+            });
+        }
     }
     // the 12 products of the SNF step, with faer's own parallel GEMM
     let w = Mat::<f32>::from_fn(D, D, |i, j| ((i + 2 * j) % 7) as f32 / 7.0);

@@ -405,6 +405,13 @@ fn inverses_round_trip() {
     let err: f64 = (0..b).map(|j| (0..d).map(|i| (back[(i, j)] - x[(i, j)]).powi(2)).sum::<f64>()).sum::<f64>() / b as f64;
     let recon = layer.reconstruction_error(x.as_ref(), &mut ws).unwrap();
     assert!((err - recon).abs() < 1e-12 * (1.0 + recon));
+
+    // the exact-gradient baseline inverts exactly too (dense LU), bias included
+    let base = snf::layers::conv::ExactConv2d::from_self_normalizing(&layer);
+    let mut bws = snf::layers::conv::ExactConv2dWorkspace::new(&base, Par::Seq);
+    base.forward(x.as_ref(), z.as_mut(), &mut bws).unwrap();
+    base.inverse(z.as_ref(), xe.as_mut(), &mut bws).unwrap();
+    assert!(max_abs_diff(xe.as_ref(), x.as_ref()) < 1e-12);
 }
 
 #[test]

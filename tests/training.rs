@@ -78,3 +78,31 @@ fn geco_moves_lambda_both_ways_and_divergence_is_reported() {
     assert!(err.to_string().contains("diverged"), "{err}");
     assert!(Trainer::new(fc_two_layer::<f32, _>(true, &mut snf::init::rng(1)).unwrap(), TrainConfig { batch: 0, ..Default::default() }, Par::Seq).is_err());
 }
+
+/// A step whose loss or gradients are not finite is skipped and counted, and leaves the
+/// parameters untouched (the authors' code zeroes NaNs silently and trains on).
+#[test]
+fn non_finite_steps_are_skipped_and_counted() {
+    use snf::flow::Layer;
+    use snf::layers::linear::SelfNormLinear;
+    let m = small_mnist();
+    let mut flow = fc_two_layer::<f32, _>(true, &mut snf::init::rng(2)).unwrap();
+    // weights of 1e38: the f32 forward pass overflows to infinity, so log p(x) = -inf and
+    // the reconstruction residual is infinite on every batch
+    if let Layer::Linear(l) = &mut flow.layers_mut()[1] {
+        let w = faer::Mat::from_fn(784, 784, |i, j| if i == j { 1e38f32 } else { 0.0 });
+        *l = SelfNormLinear::from_parts(w.clone(), w, Some(faer::Mat::zeros(784, 1))).unwrap();
+    }
+    let before = flow.layers()[1].named_params()[0].1.to_owned();
+    let cfg = TrainConfig { epochs: 1, angle_batches: 0, ..Default::default() };
+    let mut t = Trainer::new(flow, cfg, Par::Seq).unwrap();
+    let r = t.epoch(&m.train, &m.valid).unwrap();
+    assert_eq!(r.skipped_steps, m.train.len() / 100, "every step skipped");
+    assert_eq!(t.steps(), 0, "no optimiser step taken");
+    assert_eq!(t.flow().layers()[1].named_params()[0].1.to_owned(), before);
+    assert!(!r.val_nll.is_finite());
+    // the record still serialises (non-finite values as strings) and reads back
+    let back: snf::train::EpochRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(back.skipped_steps, r.skipped_steps);
+    assert!(!back.val_nll.is_finite());
+}

@@ -344,7 +344,7 @@ impl<T: Real> Layer<T> {
     /// always invert exactly).
     ///
     /// # Errors
-    /// The layer's errors; the exact-baseline convolution has no inverse yet.
+    /// The layer's errors.
     pub fn inverse(&self, z: MatRef<'_, T>, x: MatMut<'_, T>, ws: &mut LayerWorkspace<T>, learned: bool) -> Result<()> {
         const OP: &str = "Layer::inverse";
         match (self, ws) {
@@ -361,6 +361,7 @@ impl<T: Real> Layer<T> {
                 }
             }
             (Layer::ExactLinear(l), LayerWorkspace::ExactLinear(ws)) => l.inverse(z, x, ws),
+            (Layer::ExactConv(l), LayerWorkspace::ExactConv(ws)) => l.inverse(z, x, ws),
             (Layer::Conv(l), LayerWorkspace::Conv(ws)) => {
                 if learned {
                     l.inverse(z, x, ws)

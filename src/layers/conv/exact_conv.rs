@@ -179,6 +179,26 @@ impl<T: Real> ExactConv2d<T> {
         Ok(())
     }
 
+    /// The exact inverse $x = \mathcal T(w)^{-1}(z - b)$ (dense LU; for sampling).
+    ///
+    /// # Errors
+    /// Shape errors; [`Error::Singular`] / [`Error::NonFinite`] from the LU.
+    pub fn inverse(&self, z: MatRef<'_, T>, x: MatMut<'_, T>, ws: &mut ExactConv2dWorkspace<T>) -> Result<()> {
+        const OP: &str = "ExactConv2d::inverse";
+        let d = self.dim();
+        check_shape(OP, (d, z.ncols()), (z.nrows(), z.ncols()))?;
+        check_shape(OP, (d, z.ncols()), (x.nrows(), x.ncols()))?;
+        conv_matrix_into(&self.geom, self.w.as_ref(), ws.dense.as_mut())?;
+        ws.lu.factor(ws.dense.as_ref())?;
+        let mut x = x;
+        x.copy_from(z);
+        add_channel_bias(x.rb_mut(), self.bias(), self.pixels(), T::from_f64(-1.0));
+        for j in 0..x.ncols() {
+            ws.lu.solve_in_place(x.rb_mut().subcols_mut(j, 1))?;
+        }
+        Ok(())
+    }
+
     /// $\log\lvert\det\mathcal T(w)\rvert$ by LU.
     ///
     /// # Errors
