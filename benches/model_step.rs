@@ -52,18 +52,24 @@ fn fc_step(c: &mut Criterion) {
         }
     }
     // the 12 products of the SNF step, with faer's own parallel GEMM
+    // The twelve products of the SNF step, with the step's own shapes, operand layouts
+    // (transposed views where the step uses them) and accumulation modes: per layer
+    // u = W x, e += R u (R = (R^T)^T, a transposed view), dx = W^T dz, t += R^T e,
+    // gW += t x^T, gR^T += u s^T.
     let w = Mat::<f32>::from_fn(D, D, |i, j| ((i + 2 * j) % 7) as f32 / 7.0);
-    let mut out = Mat::<f32>::zeros(D, B);
-    let mut outw = Mat::<f32>::zeros(D, D);
+    let rt = Mat::<f32>::from_fn(D, D, |i, j| ((2 * i + j) % 5) as f32 / 5.0);
+    let (mut u, mut e, mut dx, mut t) = (Mat::<f32>::zeros(D, B), Mat::<f32>::zeros(D, B), Mat::<f32>::zeros(D, B), Mat::<f32>::zeros(D, B));
+    let (mut gw, mut grt) = (Mat::<f32>::zeros(D, D), Mat::<f32>::zeros(D, D));
+    let p = Par::rayon(0);
     group.bench_function("gemm12", |bch| {
         bch.iter(|| {
             for _ in 0..2 {
-                for _ in 0..4 {
-                    matmul(out.as_mut(), Accum::Replace, w.as_ref(), x.as_ref(), 1.0, Par::rayon(0));
-                }
-                for _ in 0..2 {
-                    matmul(outw.as_mut(), Accum::Replace, x.as_ref(), x.transpose(), 1.0, Par::rayon(0));
-                }
+                matmul(u.as_mut(), Accum::Replace, w.as_ref(), x.as_ref(), 1.0, p);
+                matmul(e.as_mut(), Accum::Add, rt.transpose(), u.as_ref(), 1.0, p);
+                matmul(dx.as_mut(), Accum::Replace, w.transpose(), x.as_ref(), 1.0, p);
+                matmul(t.as_mut(), Accum::Add, rt.as_ref(), e.as_ref(), 1.0, p);
+                matmul(gw.as_mut(), Accum::Add, t.as_ref(), x.transpose(), 1e-2, p);
+                matmul(grt.as_mut(), Accum::Add, u.as_ref(), e.transpose(), 1e-2, p);
             }
         })
     });

@@ -36,6 +36,7 @@ fn fails(args: &[&str]) -> String {
     let err = String::from_utf8(o.stderr).unwrap();
     assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE") && !err.contains("internal error"), "{err}");
     assert!(err.starts_with("error:"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one error line: {err}");
     err
 }
 
