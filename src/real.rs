@@ -87,7 +87,7 @@ fn expf_poly(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let e = (p * r) * r + r + 1.0;
     // 2^n by building exponent fields; n is in [-126, 128] after the clamp, split as
     // 2^h 2^(n-h) with h = n/2 so that both factors are normal numbers
@@ -118,7 +118,7 @@ fn lnf_poly(x: f32) -> f32 {
     let p = p * r + -1.666_805_8e-1;
     let p = p * r + 2.000_071_5e-1;
     let p = p * r + -2.499_999_4e-1;
-    let p = p * r + 3.333_333_1e-1;
+    let p = p * r + 0.333_333_3;
     let y = r * z * p;
     let y = e * -2.121_944_4e-4 + y;
     let y = z * -0.5 + y;

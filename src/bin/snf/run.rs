@@ -219,7 +219,7 @@ pub fn resolve_checkpoint(target: &Path) -> Result<PathBuf> {
 }
 
 /// A split of the data by name.
-pub fn split<'a>(m: &'a Mnist, name: SplitName) -> &'a Split {
+pub fn split(m: &Mnist, name: SplitName) -> &Split {
     match name {
         SplitName::Train => &m.train,
         SplitName::Valid => &m.valid,
