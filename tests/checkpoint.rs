@@ -4,7 +4,7 @@
 
 use faer::{Mat, Par};
 use snf::checkpoint::{write_atomic, write_atomic_with, Checkpoint};
-use snf::data::mnist::{LoadOptions, Mnist};
+use snf::data::mnist::Mnist;
 use snf::flow::models::{conv_nine_layer, fc_two_layer};
 use snf::flow::Flow;
 use snf::optim::AdamConfig;
@@ -61,11 +61,10 @@ fn f32_checkpoints_load_as_f64_exactly() {
     assert!(same_params(&ck.flow, &wide.flow));
 }
 
+mod common;
+
 fn small_mnist() -> Mnist {
-    let mut m = Mnist::load_with(&Mnist::shipped_dir(), LoadOptions { verify_checksums: false, ..Default::default() }).unwrap();
-    m.train = m.train.head(300);
-    m.valid = m.valid.head(200);
-    m
+    common::small_mnist(300, 200)
 }
 
 /// Three epochs in one go equal one epoch, a checkpoint through bytes, and two more epochs
@@ -186,4 +185,20 @@ fn missing_files_are_io_errors_and_atomic_writes_leave_the_old_file_until_the_re
     let e = write_atomic(&dir.join("no/such/folder/c"), b"x").unwrap_err();
     assert!(matches!(e, Error::Checkpoint(CheckpointError::Io { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The fuzz seeds (`scripts/fuzz_seeds.py`) are real checkpoints once re-sealed, so the
+/// checkpoint fuzzer starts from inputs that reach the layer builders; this also pins the
+/// JSON format the seeds were written in.
+#[test]
+fn fuzz_seeds_load_once_resealed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/checkpoint_loader");
+    for name in ["fc4", "conv4"] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        // as committed, the digest is a placeholder
+        assert_eq!(kind(Checkpoint::<f32>::from_bytes(&bytes, name).unwrap_err()), "checksum");
+        let sealed = snf::checkpoint::fuzzing::reseal(&bytes).unwrap();
+        let c = Checkpoint::<f32>::from_bytes(&sealed, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.flow.dim(), 4);
+    }
 }

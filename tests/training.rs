@@ -2,16 +2,15 @@
 //! asserted, not a time), deterministically under a seed; and the trainer's guards.
 
 use faer::Par;
-use snf::data::mnist::{LoadOptions, Mnist};
+use snf::data::mnist::Mnist;
 use snf::flow::models::fc_two_layer;
 use snf::optim::AdamConfig;
 use snf::train::{Geco, Lambda, TrainConfig, Trainer};
 
+mod common;
+
 fn small_mnist() -> Mnist {
-    let mut m = Mnist::load_with(&Mnist::shipped_dir(), LoadOptions { verify_checksums: false, ..Default::default() }).unwrap();
-    m.train = m.train.head(1000);
-    m.valid = m.valid.head(500);
-    m
+    common::small_mnist(1000, 500)
 }
 
 #[test]

@@ -13,7 +13,7 @@ pub const MAX_BINS: usize = 16;
 
 /// Shape of a rational-quadratic spline: `bins` bins on $[-B, B]$ ($B$ = `tail_bound`),
 /// identity outside, and the floors that keep every bin and slope positive.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SplineConfig {
     /// Number of bins $K$ (the paper: 5).
     pub bins: usize,

@@ -12,25 +12,13 @@ use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use crate::layers::linear::{ExactLinear, SelfNormLinear};
 use crate::real::Real;
 
-/// A convolution's configuration (the fields of [`SelfNormConv2dConfig`]).
+/// A convolution's configuration: the fields of [`SelfNormConv2dConfig`], with the forward
+/// [`Conv2dSpec`] flattened into the same JSON object.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ConvSpec {
-    /// Input channels.
-    pub in_channels: usize,
-    /// Output channels.
-    pub out_channels: usize,
-    /// Image size `[H, W]`.
-    pub input: [usize; 2],
-    /// Forward kernel size.
-    pub kernel: [usize; 2],
-    /// Stride.
-    pub stride: [usize; 2],
-    /// Zero padding.
-    pub padding: [usize; 2],
-    /// Dilation.
-    pub dilation: [usize; 2],
-    /// Groups.
-    pub groups: usize,
+    /// The forward convolution.
+    #[serde(flatten)]
+    pub forward: Conv2dSpec,
     /// Inverse kernel size.
     pub inverse_kernel: [usize; 2],
     /// Per-channel bias.
@@ -39,35 +27,13 @@ pub struct ConvSpec {
 
 impl From<&SelfNormConv2dConfig> for ConvSpec {
     fn from(c: &SelfNormConv2dConfig) -> Self {
-        let f = &c.forward;
-        Self {
-            in_channels: f.in_channels,
-            out_channels: f.out_channels,
-            input: f.input,
-            kernel: f.kernel,
-            stride: f.stride,
-            padding: f.padding,
-            dilation: f.dilation,
-            groups: f.groups,
-            inverse_kernel: c.inverse_kernel,
-            bias: c.bias,
-        }
+        Self { forward: c.forward, inverse_kernel: c.inverse_kernel, bias: c.bias }
     }
 }
 
 impl From<&ConvSpec> for SelfNormConv2dConfig {
     fn from(s: &ConvSpec) -> Self {
-        let forward = Conv2dSpec {
-            in_channels: s.in_channels,
-            out_channels: s.out_channels,
-            input: s.input,
-            kernel: s.kernel,
-            stride: s.stride,
-            padding: s.padding,
-            dilation: s.dilation,
-            groups: s.groups,
-        };
-        SelfNormConv2dConfig { forward, inverse_kernel: s.inverse_kernel, bias: s.bias }
+        SelfNormConv2dConfig { forward: s.forward, inverse_kernel: s.inverse_kernel, bias: s.bias }
     }
 }
 
@@ -117,16 +83,9 @@ pub enum LayerSpec {
     Spline {
         /// Entries per example.
         dim: usize,
-        /// Bins $K$.
-        bins: usize,
-        /// Tail bound $B$.
-        tail_bound: f64,
-        /// Floor on bin widths.
-        min_width: f64,
-        /// Floor on bin heights.
-        min_height: f64,
-        /// Floor on knot slopes.
-        min_derivative: f64,
+        /// Bins, tail bound and floors.
+        #[serde(flatten)]
+        config: SplineConfig,
     },
 }
 
@@ -142,17 +101,7 @@ impl LayerSpec {
             Layer::SmoothLeakyRelu(f) => LayerSpec::SmoothLeakyRelu { alpha: f.alpha() },
             Layer::LeakyRelu(f) => LayerSpec::LeakyRelu { slope: f.slope() },
             Layer::Squeeze(s) => LayerSpec::Squeeze { shape: s.in_shape() },
-            Layer::Spline(s) => {
-                let c = s.config();
-                LayerSpec::Spline {
-                    dim: s.dim(),
-                    bins: c.bins,
-                    tail_bound: c.tail_bound,
-                    min_width: c.min_width,
-                    min_height: c.min_height,
-                    min_derivative: c.min_derivative,
-                }
-            }
+            Layer::Spline(s) => LayerSpec::Spline { dim: s.dim(), config: *s.config() },
         }
     }
 
@@ -217,16 +166,9 @@ impl LayerSpec {
             LayerSpec::SmoothLeakyRelu { alpha } => Layer::SmoothLeakyRelu(SmoothLeakyRelu::new(*alpha)?),
             LayerSpec::LeakyRelu { slope } => Layer::LeakyRelu(LeakyRelu::new(*slope)?),
             LayerSpec::Squeeze { shape: [c, h, w] } => Layer::Squeeze(Squeeze::new(*c, *h, *w)?),
-            LayerSpec::Spline { dim, bins, tail_bound, min_width, min_height, min_derivative } => {
-                let cfg = SplineConfig {
-                    bins: *bins,
-                    tail_bound: *tail_bound,
-                    min_width: *min_width,
-                    min_height: *min_height,
-                    min_derivative: *min_derivative,
-                };
+            LayerSpec::Spline { dim, config } => {
                 let (w, h, d) = (next()?, next()?, next()?);
-                let s = SplineActivation::from_parts(cfg, w, h, d)?;
+                let s = SplineActivation::from_parts(*config, w, h, d)?;
                 check_dim(OP, s.dim(), *dim)?;
                 Layer::Spline(s)
             }

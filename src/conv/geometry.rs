@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 /// assert_eq!(g.kernel_shape(), (4 * 3 * 3, 8));
 /// # Ok::<(), snf::Error>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Conv2dSpec {
     /// Input channels $C_{in}$.
     pub in_channels: usize,

@@ -126,3 +126,13 @@ pub fn central_diff(p: &DMatrix<f64>, h: f64, mut f: impl FnMut(&DMatrix<f64>) -
 /// wrong term (any missing factor or transpose) is O(0.1) or more.
 pub const FD_TOL: f64 = 1e-7;
 pub const FD_STEP: f64 = 1e-5;
+
+/// The shipped MNIST (checksums not re-verified, for speed) cut to the first `train`
+/// training and `valid` validation images.
+pub fn small_mnist(train: usize, valid: usize) -> snf::data::mnist::Mnist {
+    use snf::data::mnist::{LoadOptions, Mnist};
+    let mut m = Mnist::load_with(&Mnist::shipped_dir(), LoadOptions { verify_checksums: false, ..Default::default() }).unwrap();
+    m.train = m.train.head(train);
+    m.valid = m.valid.head(valid);
+    m
+}
