@@ -198,6 +198,9 @@ fn bad_arguments_and_files_give_one_error_line() {
     assert!(e.contains("--lr"), "{e}");
     fails(&["train", "--lambda", "nan", "--out", &d]);
     fails(&["train", "--epochs", "0", "--out", &d]);
+    fails(&["train", "--geco-rate", "1e-3", "--out", &d]); // needs --geco-target
+    let e = fails(&["train", "--geco-target", "4", "--geco-rate=-1", "--out", &d]);
+    assert!(e.contains("--geco-rate"), "{e}");
     fails(&["sample", &d, "-n", "0"]);
     // missing data folder
     let e = fails(&["train", "--data", "/no/such/mnist", "--out", &format!("{d}/r")]);

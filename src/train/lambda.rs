@@ -37,9 +37,13 @@ pub struct Geco {
 }
 
 impl Geco {
-    /// A multiplier starting at `lambda` that steers the error to `target`.
+    /// A multiplier starting at `lambda` that steers the error to `target`, with step size
+    /// $\eta = 10^{-3}$ per training step: with 500 steps per epoch, a sustained 5× error
+    /// grows λ by at most $e^{0.8}$ per epoch. A rate of $10^{-2}$ (the first default) let
+    /// one error spike inflate λ by $e^{8}$ within an epoch and stall the likelihood
+    /// (`docs/results.md`, runs D and F).
     pub fn new(target: f64, lambda: f64) -> Self {
-        Self { target, rate: 1e-2, ema: 0.99, min: 1e-3, max: 1e6, lambda, avg: None }
+        Self { target, rate: 1e-3, ema: 0.99, min: 1e-3, max: 1e6, lambda, avg: None }
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Args {
     /// Steer λ so that the summed reconstruction error tracks this target (GECO).
     #[arg(long)]
     geco_target: Option<f64>,
+    /// GECO step size on log λ per training step (with --geco-target).
+    #[arg(long, requires = "geco_target")]
+    geco_rate: Option<f64>,
     /// Batch size.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -153,7 +156,13 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
     };
     let lr = positive("lr", a.lr.unwrap_or(if a.model == Model::Conv { 1e-3 } else { 1e-4 }))?;
     let lambda = match a.geco_target {
-        Some(t) => Lambda::Geco(Geco::new(positive("geco-target", t)?, positive("lambda", a.lambda)?)),
+        Some(t) => {
+            let mut g = Geco::new(positive("geco-target", t)?, positive("lambda", a.lambda)?);
+            if let Some(r) = a.geco_rate {
+                g.rate = positive("geco-rate", r)?;
+            }
+            Lambda::Geco(g)
+        }
         None => Lambda::Fixed(positive("lambda", a.lambda)?),
     };
     if let Some(c) = a.clip_norm {
