@@ -23,7 +23,7 @@ use faer::{unzip, zip, MatMut, MatRef, Par};
 
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
-use crate::util::par_cols;
+use crate::util::{col_map_sum, par_cols};
 
 /// A scalar, strictly increasing, differentiable bijection of $\mathbb R$, evaluated in
 /// the precision of the batch (`f32` or `f64`); the inverse always runs in `f64`.
@@ -65,28 +65,10 @@ pub fn forward<T: Real>(
     check_shape(OP, (x.ncols(), 1), (logdet.len(), 1))?;
     par_cols(((x, z), logdet), par, &|((x, mut z), ld): ((MatRef<'_, T>, MatMut<'_, T>), &mut [f64])| {
         for (j, l) in ld.iter_mut().enumerate() {
-            let (xj, mut zj) = (x.col(j), z.rb_mut().col_mut(j));
-            // lanes of partial sums so that the loop vectorises (a single f64 running sum
-            // is a serial dependency the compiler may not reorder)
-            const L: usize = 8;
-            let mut acc = [0.0f64; L];
-            let n = xj.nrows();
-            let full = n - n % L;
-            let mut i = 0;
-            while i < full {
-                for k in 0..L {
-                    let (v, d) = f.value_and_log_derivative(xj[i + k]);
-                    zj[i + k] = v;
-                    acc[k] += d.as_f64();
-                }
-                i += L;
-            }
-            for i in full..n {
-                let (v, d) = f.value_and_log_derivative(xj[i]);
-                zj[i] = v;
-                acc[0] += d.as_f64();
-            }
-            *l += acc.iter().sum::<f64>();
+            *l += col_map_sum(x.col(j), z.rb_mut().col_mut(j), |xi| {
+                let (v, d) = f.value_and_log_derivative(xi);
+                (v, d.as_f64())
+            });
         }
     });
     Ok(())

@@ -49,6 +49,17 @@ impl SmoothLeakyRelu {
     }
 }
 
+/// $t = e^{-|x|} \in (0, 1]$ and $\sigma(x) = 1/(1 + t)$ for $x \ge 0$, $t/(1 + t)$
+/// otherwise: the one exponential both passes need, branch-free (a select) so that batches
+/// vectorise, and without overflow for any $x$.
+#[inline(always)]
+fn exp_neg_abs_and_sigmoid<F: Real>(x: F) -> (F, F) {
+    let one = F::one();
+    let t = exp_fast(-Float::abs(x));
+    let num = if x >= F::zero() { one } else { t };
+    (t, num / (one + t))
+}
+
 impl ScalarBijection for SmoothLeakyRelu {
     fn value<F: Real>(&self, x: F) -> F {
         let a = F::from_f64(self.alpha);
@@ -72,18 +83,14 @@ impl ScalarBijection for SmoothLeakyRelu {
         // sigma = 1/(1 + t) for x >= 0 and t/(1 + t) otherwise; a + (1 - a) sigma is in
         // [a, 1], inside the domain of the fast ln
         let (a, one) = (F::from_f64(self.alpha), F::one());
-        let t = exp_fast(-Float::abs(x));
+        let (t, s) = exp_neg_abs_and_sigmoid(x);
         let sp = Float::max(x, F::zero()) + ln_fast(one + t);
-        let num = if x >= F::zero() { one } else { t };
-        let s = num / (one + t);
         (a * x + (one - a) * sp, ln_fast(a + (one - a) * s))
     }
     #[inline(always)]
     fn derivative_and_log_derivative_grad<F: Real>(&self, x: F) -> (F, F) {
         let (a, one) = (F::from_f64(self.alpha), F::one());
-        let t = exp_fast(-Float::abs(x));
-        let num = if x >= F::zero() { one } else { t };
-        let s = num / (one + t);
+        let (_, s) = exp_neg_abs_and_sigmoid(x);
         let d = a + (one - a) * s;
         (d, (one - a) * s * (one - s) / d)
     }
