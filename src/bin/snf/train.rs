@@ -99,37 +99,58 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let dir = RunDir::new(out);
-    let settings = if a.resume {
+    if a.resume {
         let last = dir.last();
         if !last.is_file() {
             return Err(CliError::Usage(format!("{}: nothing to resume (no checkpoints/last.safetensors)", dir.root.display())));
         }
         let bytes = std::fs::read(&last).map_err(|e| crate::error::io(&last, e))?;
-        let meta = match snf::checkpoint::stored_dtype(&bytes, &last.display().to_string())? {
-            "f32" => Checkpoint::<f32>::from_bytes(&bytes, &last.display().to_string())?.meta,
-            _ => Checkpoint::<f64>::from_bytes(&bytes, &last.display().to_string())?.meta,
+        return match snf::checkpoint::stored_dtype(&bytes, &last.display().to_string())? {
+            "f32" => resume::<f32>(&bytes, &dir, &a),
+            _ => resume::<f64>(&bytes, &dir, &a),
         };
-        let meta: CheckpointMeta = serde_json::from_value(meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", last.display())))?;
-        let mut s = meta.settings;
-        if let Some(e) = a.epochs {
-            s.config.epochs = e;
-        }
-        s
-    } else {
-        if dir.last().exists() && !a.force {
-            return Err(CliError::Usage(format!(
-                "{} already holds a run; pass --resume to continue it or --force to start over",
-                dir.root.display()
-            )));
-        }
-        settings_from(&a)?
-    };
+    }
+    if dir.last().exists() && !a.force {
+        return Err(CliError::Usage(format!("{} already holds a run; pass --resume to continue it or --force to start over", dir.root.display())));
+    }
+    let settings = settings_from(&a)?;
     dir.create()?;
     dir.write_settings(&settings)?;
     match settings.precision {
-        Precision::F32 => train::<f32>(&settings, &dir, a.resume, a.samples, a.quiet),
-        Precision::F64 => train::<f64>(&settings, &dir, a.resume, a.samples, a.quiet),
+        Precision::F32 => train(Trainer::<f32>::new(build_model(&settings)?, settings.config, Par::rayon(settings.threads))?, &settings, &dir, &a),
+        Precision::F64 => train(Trainer::<f64>::new(build_model(&settings)?, settings.config, Par::rayon(settings.threads))?, &settings, &dir, &a),
     }
+}
+
+/// Continue the run whose `last` checkpoint is `bytes` (parsed once, in its own
+/// precision), with the run's settings from the checkpoint and `--epochs` as the new total.
+fn resume<T: Real>(bytes: &[u8], dir: &RunDir, a: &Args) -> Result<()> {
+    let last = dir.last();
+    let ck = Checkpoint::<T>::from_bytes(bytes, &last.display().to_string())?;
+    let meta: CheckpointMeta = serde_json::from_value(ck.meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", last.display())))?;
+    let mut s = meta.settings;
+    if let Some(e) = a.epochs {
+        s.config.epochs = e;
+    }
+    dir.create()?;
+    dir.write_settings(&s)?;
+    let (cfg, state) = ck.training.ok_or_else(|| CliError::Usage(format!("{}: holds no training state", last.display())))?;
+    let cfg = TrainConfig { epochs: s.config.epochs, ..cfg };
+    // The best checkpoint is written before `last`, so after a crash between the two it
+    // may be one epoch ahead of `last`; that epoch is rerun (deterministically) and
+    // improves on the state's best again, so its flow stands in until then.
+    let best_flow = match state.best {
+        None => None,
+        Some((e, _)) => {
+            let b = Checkpoint::<T>::load(&dir.best())?;
+            let meta: CheckpointMeta = serde_json::from_value(b.meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", dir.best().display())))?;
+            if meta.epoch != e && meta.epoch <= state.history.len() {
+                return Err(CliError::Usage(format!("{}: holds epoch {}, the last checkpoint's best is epoch {e}", dir.best().display(), meta.epoch)));
+            }
+            Some(b.flow)
+        }
+    };
+    train(Trainer::resume(ck.flow, cfg, Par::rayon(s.threads), state, best_flow)?, &s, dir, a)
 }
 
 fn model_name(m: Model) -> &'static str {
@@ -205,35 +226,11 @@ fn fault_epoch() -> Option<usize> {
     std::env::var("SNF_FAULT").ok()?.strip_prefix("abort-before-rename:")?.parse().ok()
 }
 
-fn train<T: Real>(s: &RunSettings, dir: &RunDir, resume: bool, samples: usize, quiet: bool) -> Result<()> {
+/// Run the remaining epochs of `trainer`, writing checkpoints and metrics after each,
+/// then the plots and the sample grid.
+fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Args) -> Result<()> {
+    let (resume, samples, quiet) = (a.resume, a.samples, a.quiet);
     let mnist = load_mnist(s)?;
-    let par = Par::rayon(s.threads);
-    let mut trainer = if resume {
-        let ck = Checkpoint::<T>::load(&dir.last())?;
-        let (cfg, state) = ck.training.ok_or_else(|| CliError::Usage(format!("{}: holds no training state", dir.last().display())))?;
-        let cfg = TrainConfig { epochs: s.config.epochs, ..cfg };
-        // The best checkpoint is written before `last`, so after a crash between the two
-        // it may be one epoch ahead of `last`; that epoch is rerun (deterministically) and
-        // improves on the state's best again, so its flow stands in until then.
-        let best_flow = match state.best {
-            None => None,
-            Some((e, _)) => {
-                let b = Checkpoint::<T>::load(&dir.best())?;
-                let meta: CheckpointMeta = serde_json::from_value(b.meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", dir.best().display())))?;
-                if meta.epoch != e && meta.epoch <= state.history.len() {
-                    return Err(CliError::Usage(format!(
-                        "{}: holds epoch {}, the last checkpoint's best is epoch {e}",
-                        dir.best().display(),
-                        meta.epoch
-                    )));
-                }
-                Some(b.flow)
-            }
-        };
-        Trainer::resume(ck.flow, cfg, par, state, best_flow)?
-    } else {
-        Trainer::new(build_model::<T>(s)?, s.config, par)?
-    };
     dir.write_metrics(trainer.history())?;
     let first = trainer.next_epoch();
     let total = s.config.epochs;
