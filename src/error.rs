@@ -60,6 +60,13 @@ pub enum Error {
     /// Reading or writing a checkpoint failed (see [`CheckpointError`]).
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A backward pass was given a [`Tape`](crate::transform::Tape) that does not belong to
+    /// the last forward pass of its workspace, or an input other than that pass's.
+    #[error("backward: stale tape: {reason}")]
+    StaleTape {
+        /// What did not match.
+        reason: &'static str,
+    },
     /// An input or a result holds NaN or an infinity.
     #[error("{op}: non-finite value (NaN or infinity)")]
     NonFinite {

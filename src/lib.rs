@@ -84,14 +84,17 @@
 //! # Ok::<(), snf::Error>(())
 //! ```
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(rustdoc::broken_intra_doc_links)]
 
 pub mod activation;
 pub mod checkpoint;
 pub mod conv;
 #[cfg(feature = "cuda")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cuda")))]
 pub mod cuda;
 pub mod data;
+pub mod distribution;
 pub mod error;
 pub mod exact;
 pub mod flow;
@@ -100,11 +103,31 @@ pub mod init;
 pub mod layers;
 pub mod optim;
 pub mod real;
+pub mod shape;
 pub mod train;
+pub mod transform;
 mod util;
 
 pub use error::{CheckpointError, DataError, Error, Result};
 pub use real::Real;
+pub use shape::Shape;
+/// The `faer` this crate is built on (matrices, views, parallelism), re-exported so a
+/// user does not have to pin a matching version.
+pub use faer;
+/// The `rand` this crate is built on, re-exported for the same reason.
+pub use rand;
+
+/// What most programs need: `use snf::prelude::*;`.
+pub mod prelude {
+    pub use crate::data::{Dataset, Dequantization, Images, Splits, Tensor};
+    pub use crate::distribution::{DiagGaussian, Distribution, StandardNormal};
+    pub use crate::flow::{Flow, FlowGrads, FlowWorkspace, Inverse};
+    pub use crate::layers::{Elementwise, ExactConv2d, ExactLinear, LeakyRelu, Preprocess, SelfNormConv2d, SelfNormLinear, SmoothLeakyRelu, SplineActivation, Split, Squeeze};
+    pub use crate::optim::{Adam, AdamConfig};
+    pub use crate::train::{Lambda, TrainConfig, Trainer};
+    pub use crate::transform::{Grads, Param, SelfNormalizing, Tape, Transform, Workspace};
+    pub use crate::{Error, Real, Result, Shape};
+}
 
 /// The README's Rust example runs as a doctest.
 #[cfg(doctest)]

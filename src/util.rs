@@ -245,3 +245,20 @@ fn split_cols<S: Splittable>(s: S, threads: usize, f: &(impl Fn(S) + Sync)) {
     let _ = threads;
     f(s)
 }
+
+/// A `rows x cols` zero matrix, or a typed error naming the size when it cannot be
+/// allocated (instead of an abort).
+pub(crate) fn try_zeros<T: Real>(rows: usize, cols: usize) -> crate::Result<faer::Mat<T>> {
+    let too_large = || crate::Error::InvalidArgument {
+        op: "allocate",
+        reason: format!("a {rows} x {cols} buffer ({} bytes) cannot be allocated", rows as u128 * cols as u128 * core::mem::size_of::<T>() as u128),
+    };
+    let n = rows.checked_mul(cols).ok_or_else(too_large)?;
+    if n.checked_mul(core::mem::size_of::<T>()).is_none_or(|b| b > isize::MAX as usize) {
+        return Err(too_large());
+    }
+    let mut m = faer::Mat::<T>::new();
+    m.try_reserve(rows, cols).map_err(|_| too_large())?;
+    m.resize_with(rows, cols, |_, _| T::from_f64(0.0));
+    Ok(m)
+}

@@ -13,10 +13,12 @@
 mod leaky_relu;
 mod smooth_leaky_relu;
 pub mod spline;
+mod transform;
 
 pub use leaky_relu::LeakyRelu;
 pub use smooth_leaky_relu::SmoothLeakyRelu;
 pub use spline::{SplineActivation, SplineConfig, SplineGrads};
+pub use transform::Elementwise;
 
 use faer::reborrow::ReborrowMut;
 use faer::{unzip, zip, MatMut, MatRef, Par};

@@ -323,7 +323,12 @@ impl<T: Real> SplineActivation<T> {
         Ok([(self.w.as_mut(), grads.w.as_ref()), (self.h.as_mut(), grads.h.as_ref()), (self.d.as_mut(), grads.d.as_ref())].into_iter())
     }
 
-    fn params(&self, i: usize, buf: &mut [f64; 3 * MAX_BINS]) -> (usize, usize) {
+    /// Mutable parameter blocks `[widths, heights, slopes]`.
+    pub fn params_mut(&mut self) -> [MatMut<'_, T>; 3] {
+        [self.w.as_mut(), self.h.as_mut(), self.d.as_mut()]
+    }
+
+    fn entry_params(&self, i: usize, buf: &mut [f64; 3 * MAX_BINS]) -> (usize, usize) {
         let k = self.cfg.bins;
         for r in 0..k {
             buf[r] = self.w[(r, i)].as_f64();
@@ -348,7 +353,7 @@ impl<T: Real> SplineActivation<T> {
         crate::util::par_cols(((x, z), logdet), par, &|((x, mut z), logdet): ((MatRef<'_, T>, MatMut<'_, T>), &mut [f64])| {
             let mut p = [0.0; 3 * MAX_BINS];
             for i in 0..self.dim() {
-                let (k, kd) = self.params(i, &mut p);
+                let (k, kd) = self.entry_params(i, &mut p);
                 let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
                 for j in 0..x.ncols() {
                     let v = x[(i, j)].as_f64();
@@ -399,7 +404,7 @@ impl<T: Real> SplineActivation<T> {
         let mut p = [0.0; 3 * MAX_BINS];
         for li in 0..n {
             let i = i0 + li;
-            let (k, kd) = self.params(i, &mut p);
+            let (k, kd) = self.entry_params(i, &mut p);
             let (mut sw, mut sh, mut sd) = ([0.0; MAX_BINS], [0.0; MAX_BINS], [0.0; MAX_BINS]);
             let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
             for j in 0..x.ncols() {
@@ -432,7 +437,7 @@ impl<T: Real> SplineActivation<T> {
         let mut x = x;
         let mut p = [0.0; 3 * MAX_BINS];
         for i in 0..self.dim() {
-            let (k, kd) = self.params(i, &mut p);
+            let (k, kd) = self.entry_params(i, &mut p);
             let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
             for j in 0..z.ncols() {
                 let v = invert(&self.cfg, &kn, z[(i, j)].as_f64());

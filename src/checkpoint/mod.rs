@@ -4,8 +4,9 @@
 //!
 //! * Tensors: `layers.NNN.{w,r,b,widths,heights,slopes}` (row-major, in the flow's own
 //!   precision) and, with a training state, `adam.NNN.K.{m,v}`.
-//! * Metadata `snf`: a JSON document with the format version, the precision, every layer's
-//!   kind and configuration ([`LayerSpec`]), the cached $\sum_k\log|\det W_k|$, the
+//! * Metadata `snf`: a JSON document with the format version, the precision, the input
+//!   shape, every transform's spec ([`Transform::spec`]: its kind and configuration, rebuilt
+//!   through a [`Registry`]), the cached $\sum_k\log|\det W_k|$, the
 //!   training configuration and state (step, λ, best epoch, per-epoch records), and a
 //!   free-form `meta` object for the caller (the CLI keeps its run settings there).
 //! * Metadata `snf.sha256`: SHA-256 of the JSON text and every tensor. A truncated,
@@ -17,23 +18,25 @@
 //! # Example
 //! ```
 //! use snf::checkpoint::Checkpoint;
-//! use snf::flow::models::fc_two_layer;
+//! use snf::flow::models::{fc_two_layer, Gradient};
 //!
-//! let flow = fc_two_layer::<f32, _>(true, &mut snf::init::rng(0))?;
+//! let flow = fc_two_layer::<f32, _>(snf::Shape::image(1, 28, 28), Gradient::SelfNormalizing, &mut snf::init::rng(0))?;
 //! let ckpt = Checkpoint::new(flow)?;
 //! let bytes = ckpt.to_bytes()?;
 //! let back = Checkpoint::<f32>::from_bytes(&bytes, "in-memory")?;
 //! assert_eq!(back.static_log_det, ckpt.static_log_det);
-//! assert_eq!(back.flow.layers()[1].named_params()[0].1, ckpt.flow.layers()[1].named_params()[0].1);
+//! assert_eq!(back.flow.layers()[1].params()[0].value, ckpt.flow.layers()[1].params()[0].value);
 //! # Ok::<(), snf::Error>(())
 //! ```
 
 mod atomic;
+mod registry;
 mod spec;
 mod tensors;
 
 pub use atomic::{write_atomic, write_atomic_with};
-pub use spec::{ConvSpec, LayerSpec};
+pub use registry::{Builder, LayerTensors, Registry};
+pub use spec::{ConvSpec, LayerSpec, MAX_DENSE_DIM};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -47,7 +50,9 @@ use crate::error::{CheckpointError, Error, Result};
 use crate::flow::Flow;
 use crate::optim::AdamState;
 use crate::real::Real;
+use crate::shape::Shape;
 use crate::train::{EpochRecord, Lambda, TrainConfig, TrainerState};
+use crate::transform::Transform;
 
 /// The format name in the metadata.
 pub const FORMAT: &str = "snf-checkpoint";
@@ -76,7 +81,10 @@ struct Header {
     version: u32,
     dtype: String,
     dim: usize,
-    layers: Vec<LayerSpec>,
+    /// The input shape (absent in files of the first release: flat `dim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shape: Option<[usize; 3]>,
+    layers: Vec<serde_json::Value>,
     static_log_det: f64,
     training: Option<TrainingHeader>,
     meta: serde_json::Value,
@@ -123,7 +131,7 @@ impl<T: Real> Checkpoint<T> {
     /// # Errors
     /// The LU's errors (a singular layer), or a non-finite log-det.
     pub fn new(flow: Flow<T>) -> Result<Self> {
-        let mut ws = flow.workspace(1, Par::Seq, false);
+        let mut ws = flow.workspace(1, Par::Seq)?;
         let static_log_det = flow.static_log_det(&mut ws)?;
         if !static_log_det.is_finite() {
             return Err(Error::NonFinite { op: "Checkpoint::new" });
@@ -152,9 +160,13 @@ impl<T: Real> Checkpoint<T> {
         let mut owned = Vec::new();
         let mut specs = Vec::new();
         for (k, layer) in self.flow.layers().iter().enumerate() {
-            specs.push(LayerSpec::of(layer));
-            for (name, m) in layer.named_params() {
-                owned.push(tensors::encode(format!("layers.{k:03}.{name}"), m));
+            let spec = layer.spec();
+            if !spec.is_object() {
+                return Err(fmt(format!("transform {k} ({}) has no spec and cannot be saved (implement Transform::spec)", layer.kind())));
+            }
+            specs.push(spec);
+            for p in layer.params() {
+                owned.push(tensors::encode(format!("layers.{k:03}.{}", p.name), p.value));
             }
         }
         let training = self.training.as_ref().map(|(config, state)| {
@@ -178,6 +190,7 @@ impl<T: Real> Checkpoint<T> {
             version: VERSION,
             dtype: dtype_name::<T>().into(),
             dim: self.flow.dim(),
+            shape: Some(self.flow.shape().to_array()),
             layers: specs,
             static_log_det: self.static_log_det,
             training,
@@ -207,8 +220,16 @@ impl<T: Real> Checkpoint<T> {
     /// # Errors
     /// [`CheckpointError::Io`] if the file cannot be read; as [`from_bytes`](Self::from_bytes).
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, &Registry::builtin())
+    }
+
+    /// [`load`](Self::load) with user transform kinds in `registry`.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub fn load_with(path: &Path, registry: &Registry<T>) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io { path: path.display().to_string(), reason: e.to_string() })?;
-        Self::from_bytes(&bytes, &path.display().to_string())
+        Self::from_bytes_with(&bytes, &path.display().to_string(), registry)
     }
 
     /// Parse a checkpoint; `origin` names it in errors. Tensors stored in the other float
@@ -219,6 +240,14 @@ impl<T: Real> Checkpoint<T> {
     /// [`CheckpointError::Checksum`] when the contents changed after writing,
     /// [`CheckpointError::Invalid`] when an intact file describes an invalid model.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
+        Self::from_bytes_with(bytes, origin, &Registry::builtin())
+    }
+
+    /// [`from_bytes`](Self::from_bytes) with user transform kinds in `registry`.
+    ///
+    /// # Errors
+    /// As [`from_bytes`](Self::from_bytes).
+    pub fn from_bytes_with(bytes: &[u8], origin: &str, registry: &Registry<T>) -> Result<Self> {
         let format = |reason: String| Error::from(CheckpointError::Format { path: origin.to_string(), reason });
         let invalid = |e: Error| Error::from(CheckpointError::Invalid { path: origin.to_string(), reason: e.to_string() });
         let st = SafeTensors::deserialize(bytes).map_err(|e| format(format!("not a safetensors file: {e}")))?;
@@ -236,16 +265,23 @@ impl<T: Real> Checkpoint<T> {
             return Err(format(format!("format {} version {}, this build reads {FORMAT} version {VERSION}", header.format, header.version)));
         }
         let mut by_name: HashMap<String, TensorView<'_>> = views.into_iter().collect();
+        let mut layers: Vec<Box<dyn Transform<T>>> = Vec::with_capacity(header.layers.len());
+        for (k, spec) in header.layers.iter().enumerate() {
+            let prefix = format!("layers.{k:03}.");
+            let names: Vec<String> = by_name.keys().filter(|n| n.starts_with(&prefix)).cloned().collect();
+            let views = names.into_iter().filter_map(|n| by_name.remove(&n).map(|v| (n[prefix.len()..].to_string(), v))).collect();
+            let mut ts = LayerTensors::new(views);
+            layers.push(registry.build(spec, &mut ts).map_err(|e| invalid(Error::InvalidArgument { op: "Checkpoint::from_bytes", reason: format!("layer {k}: {e}") }))?);
+        }
         let mut take = |name: String| -> Result<Mat<T>> {
             let v = by_name.remove(&name).ok_or_else(|| format(format!("missing tensor {name}")))?;
             tensors::decode::<T>(v.dtype(), v.shape(), v.data()).map_err(|e| format(format!("tensor {name}: {e}")))
         };
-        let mut layers = Vec::with_capacity(header.layers.len());
-        for (k, spec) in header.layers.iter().enumerate() {
-            let ts = spec.tensor_names().into_iter().map(|n| take(format!("layers.{k:03}.{n}"))).collect::<Result<Vec<_>>>()?;
-            layers.push(spec.build(ts).map_err(invalid)?);
+        let shape = header.shape.map(Shape::from).unwrap_or(Shape::flat(header.dim));
+        if shape.dim() != header.dim {
+            return Err(format(format!("shape {shape} does not have dimension {}", header.dim)));
         }
-        let flow = Flow::new(header.dim, layers).map_err(invalid)?;
+        let flow = Flow::new(shape, layers).map_err(invalid)?;
         let training = match header.training {
             None => None,
             Some(t) => {

@@ -5,81 +5,66 @@ use faer::Mat;
 use serde::{Deserialize, Serialize};
 
 use crate::activation::{LeakyRelu, SmoothLeakyRelu, SplineActivation, SplineConfig};
-use crate::conv::Conv2dSpec;
 use crate::error::{Error, Result};
-use crate::flow::{Layer, Preprocess, Squeeze};
 use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use crate::layers::linear::{ExactLinear, SelfNormLinear};
+use crate::layers::{Preprocess, Split, Squeeze};
 use crate::real::Real;
+use crate::shape::Shape;
+use crate::transform::Transform;
 
-/// A convolution's configuration: the fields of [`SelfNormConv2dConfig`], with the forward
-/// [`Conv2dSpec`] flattened into the same JSON object.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ConvSpec {
-    /// The forward convolution.
-    #[serde(flatten)]
-    pub forward: Conv2dSpec,
-    /// Inverse kernel size.
-    pub inverse_kernel: [usize; 2],
-    /// Per-channel bias.
-    pub bias: bool,
-}
+/// A convolution's configuration as stored: [`SelfNormConv2dConfig`] (the forward
+/// [`Conv2dSpec`](crate::conv::Conv2dSpec) flattened into the same JSON object).
+pub type ConvSpec = SelfNormConv2dConfig;
 
-impl From<&SelfNormConv2dConfig> for ConvSpec {
-    fn from(c: &SelfNormConv2dConfig) -> Self {
-        Self { forward: c.forward, inverse_kernel: c.inverse_kernel, bias: c.bias }
-    }
-}
-
-impl From<&ConvSpec> for SelfNormConv2dConfig {
-    fn from(s: &ConvSpec) -> Self {
-        SelfNormConv2dConfig { forward: s.forward, inverse_kernel: s.inverse_kernel, bias: s.bias }
-    }
-}
+/// The largest example size $D$ a checkpoint may declare for a layer whose exact path is
+/// dense ($D\times D$ LU): 16 384 (a `D x D` f64 matrix of 2 GiB). A file declaring more
+/// is refused before anything is allocated.
+pub const MAX_DENSE_DIM: usize = 1 << 14;
 
 /// One layer's kind and configuration, as stored in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum LayerSpec {
-    /// [`Layer::Preprocess`].
+    /// [`Preprocess`].
     Preprocess {
         /// The logit squeeze α.
         alpha: f64,
     },
-    /// [`Layer::Linear`] (tensors `w`, `r`, `b`?).
+    /// [`SelfNormLinear`] (tensors `w`, `r`, `b`?).
     SnfLinear {
         /// Dimension.
         dim: usize,
         /// Has a bias.
         bias: bool,
     },
-    /// [`Layer::ExactLinear`] (tensors `w`, `b`?).
+    /// [`ExactLinear`] (tensors `w`, `b`?).
     ExactLinear {
         /// Dimension.
         dim: usize,
         /// Has a bias.
         bias: bool,
     },
-    /// [`Layer::Conv`] (tensors `w`, `r`, `b`?).
+    /// [`SelfNormConv2d`] (tensors `w`, `r`, `b`?).
     SnfConv(ConvSpec),
-    /// [`Layer::ExactConv`] (tensors `w`, `b`?).
+    /// [`ExactConv2d`] (tensors `w`, `b`?).
     ExactConv(ConvSpec),
-    /// [`Layer::SmoothLeakyRelu`].
+    /// [`SmoothLeakyRelu`].
     SmoothLeakyRelu {
         /// Slope α.
         alpha: f64,
     },
-    /// [`Layer::LeakyRelu`].
+    /// [`LeakyRelu`].
     LeakyRelu {
         /// Negative-side slope.
         slope: f64,
     },
-    /// [`Layer::Squeeze`].
+    /// [`Squeeze`].
     Squeeze {
         /// Input shape `[C, H, W]`.
         shape: [usize; 3],
     },
-    /// [`Layer::Spline`] (tensors `widths`, `heights`, `slopes`).
+    /// [`SplineActivation`] (tensors `widths`, `heights`, `slopes`).
     Spline {
         /// Entries per example.
         dim: usize,
@@ -87,24 +72,14 @@ pub enum LayerSpec {
         #[serde(flatten)]
         config: SplineConfig,
     },
+    /// [`Split`] (tensors `k`, `c`).
+    Split {
+        /// Input shape `[C, H, W]`.
+        shape: [usize; 3],
+    },
 }
 
 impl LayerSpec {
-    /// The description of `layer`.
-    pub fn of<T: Real>(layer: &Layer<T>) -> Self {
-        match layer {
-            Layer::Preprocess(p) => LayerSpec::Preprocess { alpha: p.alpha() },
-            Layer::Linear(l) => LayerSpec::SnfLinear { dim: l.dim(), bias: l.bias().is_some() },
-            Layer::ExactLinear(l) => LayerSpec::ExactLinear { dim: l.dim(), bias: l.bias().is_some() },
-            Layer::Conv(l) => LayerSpec::SnfConv(l.config().into()),
-            Layer::ExactConv(l) => LayerSpec::ExactConv(l.config().into()),
-            Layer::SmoothLeakyRelu(f) => LayerSpec::SmoothLeakyRelu { alpha: f.alpha() },
-            Layer::LeakyRelu(f) => LayerSpec::LeakyRelu { slope: f.slope() },
-            Layer::Squeeze(s) => LayerSpec::Squeeze { shape: s.in_shape() },
-            Layer::Spline(s) => LayerSpec::Spline { dim: s.dim(), config: *s.config() },
-        }
-    }
-
     /// The names of the tensors this layer needs, in parameter order.
     pub fn tensor_names(&self) -> Vec<&'static str> {
         let bias = |b: bool, mut v: Vec<&'static str>| {
@@ -119,6 +94,7 @@ impl LayerSpec {
             LayerSpec::SnfConv(c) => bias(c.bias, vec!["w", "r"]),
             LayerSpec::ExactConv(c) => bias(c.bias, vec!["w"]),
             LayerSpec::Spline { .. } => vec!["widths", "heights", "slopes"],
+            LayerSpec::Split { .. } => vec!["k", "c"],
             _ => Vec::new(),
         }
     }
@@ -129,8 +105,9 @@ impl LayerSpec {
     ///
     /// # Errors
     /// The constructors' errors; [`Error::InvalidArgument`] for a wrong tensor count.
-    pub fn build<T: Real>(&self, tensors: Vec<Mat<T>>) -> Result<Layer<T>> {
+    pub fn build<T: Real>(&self, tensors: Vec<Mat<T>>) -> Result<Box<dyn Transform<T>>> {
         const OP: &str = "LayerSpec::build";
+        self.check_size(OP)?;
         let want = self.tensor_names().len();
         if tensors.len() != want {
             return Err(Error::InvalidArgument { op: OP, reason: format!("{} tensors given, {want} needed", tensors.len()) });
@@ -138,41 +115,67 @@ impl LayerSpec {
         let mut it = tensors.into_iter();
         let mut next = || it.next().ok_or(Error::InvalidArgument { op: OP, reason: "missing tensor".into() });
         Ok(match self {
-            LayerSpec::Preprocess { alpha } => Layer::Preprocess(Preprocess::new(*alpha)?),
+            LayerSpec::Preprocess { alpha } => Box::new(Preprocess::new(*alpha)?),
             LayerSpec::SnfLinear { dim, bias } => {
                 let (w, r) = (next()?, next()?);
                 let b = if *bias { Some(next()?) } else { None };
                 let l = SelfNormLinear::from_parts(w, r, b)?;
                 check_dim(OP, l.dim(), *dim)?;
-                Layer::Linear(l)
+                Box::new(l)
             }
             LayerSpec::ExactLinear { dim, bias } => {
                 let w = next()?;
                 let b = if *bias { Some(next()?) } else { None };
                 let l = ExactLinear::from_parts(w, b)?;
                 check_dim(OP, l.dim(), *dim)?;
-                Layer::ExactLinear(l)
+                Box::new(l)
             }
             LayerSpec::SnfConv(c) => {
                 let (w, r) = (next()?, next()?);
                 let b = if c.bias { Some(next()?) } else { None };
-                Layer::Conv(SelfNormConv2d::from_parts(c.into(), w, r, b)?)
+                Box::new(SelfNormConv2d::<T>::from_parts(*c, w, r, b)?)
             }
             LayerSpec::ExactConv(c) => {
                 let w = next()?;
                 let b = if c.bias { Some(next()?) } else { None };
-                Layer::ExactConv(ExactConv2d::from_parts(c.into(), w, b)?)
+                Box::new(ExactConv2d::<T>::from_parts(*c, w, b)?)
             }
-            LayerSpec::SmoothLeakyRelu { alpha } => Layer::SmoothLeakyRelu(SmoothLeakyRelu::new(*alpha)?),
-            LayerSpec::LeakyRelu { slope } => Layer::LeakyRelu(LeakyRelu::new(*slope)?),
-            LayerSpec::Squeeze { shape: [c, h, w] } => Layer::Squeeze(Squeeze::new(*c, *h, *w)?),
+            LayerSpec::SmoothLeakyRelu { alpha } => Box::new(SmoothLeakyRelu::new(*alpha)?),
+            LayerSpec::LeakyRelu { slope } => Box::new(LeakyRelu::new(*slope)?),
+            LayerSpec::Squeeze { shape: [c, h, w] } => Box::new(Squeeze::new(*c, *h, *w)?),
             LayerSpec::Spline { dim, config } => {
                 let (w, h, d) = (next()?, next()?, next()?);
                 let s = SplineActivation::from_parts(*config, w, h, d)?;
                 check_dim(OP, s.dim(), *dim)?;
-                Layer::Spline(s)
+                Box::new(s)
+            }
+            LayerSpec::Split { shape } => {
+                let (k, c) = (next()?, next()?);
+                Box::new(Split::from_parts(Shape::from(*shape), k, c)?)
             }
         })
+    }
+}
+
+impl LayerSpec {
+    /// Refuse sizes no layer could be built for (checked arithmetic) and dense exact
+    /// paths above [`MAX_DENSE_DIM`], before anything is allocated.
+    fn check_size(&self, op: &'static str) -> Result<()> {
+        let big = |d: Option<usize>, what: &str| match d {
+            Some(d) if d <= MAX_DENSE_DIM => Ok(()),
+            Some(d) => Err(Error::InvalidArgument { op, reason: format!("{what} of dimension {d} exceeds the checkpoint limit of {MAX_DENSE_DIM}") }),
+            None => Err(Error::InvalidArgument { op, reason: format!("{what} has a size that overflows") }),
+        };
+        let conv_dim = |c: &ConvSpec| {
+            let [h, w] = c.forward.input;
+            c.forward.in_channels.checked_mul(h).and_then(|v| v.checked_mul(w))
+        };
+        match self {
+            LayerSpec::SnfLinear { dim, .. } | LayerSpec::ExactLinear { dim, .. } => big(Some(*dim), "a linear layer"),
+            LayerSpec::SnfConv(c) | LayerSpec::ExactConv(c) => big(conv_dim(c), "a convolution"),
+            LayerSpec::Squeeze { shape } | LayerSpec::Split { shape } => Shape::from(*shape).checked_dim().map(|_| ()),
+            _ => Ok(()),
+        }
     }
 }
 

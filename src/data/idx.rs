@@ -76,7 +76,7 @@ pub fn decode_maybe_gz(raw: Vec<u8>, path: &str) -> Result<Vec<u8>, DataError> {
     let io = |e: std::io::Error| DataError::Io { path: path.to_string(), reason: e.to_string() };
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        flate2::read::MultiGzDecoder::new(&raw[..])
             .take(MAX_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(io)?;

@@ -1,4 +1,14 @@
-//! Flow layers with hand-derived gradients.
+//! Flow layers with hand-derived gradients, each a [`Transform`](crate::transform::Transform):
+//!
+//! | layer | what | parameters |
+//! |---|---|---|
+//! | [`SelfNormLinear`] / [`ExactLinear`] | $Wx + b$, self-normalizing (Eqs. 10–20) / exact (Eqs. 8–9) | `w`, `r`, `b` / `w`, `b` |
+//! | [`SelfNormConv2d`] / [`ExactConv2d`] | $w\star x + b$, self-normalizing (Eqs. 13–16) / exact | `w`, `r`, `b` / `w`, `b` |
+//! | [`SmoothLeakyRelu`], [`LeakyRelu`], [`Elementwise`] | entry-wise bijections | none |
+//! | [`SplineActivation`] | per-entry rational-quadratic splines | `widths`, `heights`, `slopes` |
+//! | [`Preprocess`] | dequantised pixels to logit space | none |
+//! | [`Squeeze`] | space-to-depth, $C\times H\times W\to 4C\times\frac H2\times\frac W2$ | none |
+//! | [`Split`] | factor out half the channels under a learned conditional Gaussian prior | `k`, `c` |
 //!
 //! Conventions shared by every layer:
 //! - **Batch layout.** A batch is a `D x B` matrix: one *column* per example
@@ -14,6 +24,16 @@
 
 pub mod conv;
 pub mod linear;
+mod preprocess;
+mod split;
+mod squeeze;
+
+pub use crate::activation::{Elementwise, LeakyRelu, SmoothLeakyRelu, SplineActivation};
+pub use conv::{ExactConv2d, SelfNormConv2d};
+pub use linear::{ExactLinear, SelfNormLinear};
+pub use preprocess::Preprocess;
+pub use split::Split;
+pub use squeeze::Squeeze;
 
 /// What a backward pass measured on the batch.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -151,6 +151,10 @@ impl<T: Real> Adam<T> {
             let (Some(m), Some(v)) = (self.m.get_mut(i), self.v.get_mut(i)) else {
                 return Err(Error::InvalidArgument { op: OP, reason: format!("more than {} blocks", self.m.len()) });
             };
+            // A square block handed over as a transposed view (e.g. the linear layer's R,
+            // stored as R^T) is updated through its storage order: element-wise, the
+            // update is the same, and contiguous columns vectorise.
+            let (p, g) = if p.nrows() == p.ncols() && p.nrows() > 1 && p.col_stride() == 1 && p.row_stride() != 1 { (p.transpose_mut(), g.transpose()) } else { (p, g) };
             crate::error::check_shape(OP, (m.nrows(), m.ncols()), (p.nrows(), p.ncols()))?;
             crate::error::check_shape(OP, (m.nrows(), m.ncols()), (g.nrows(), g.ncols()))?;
             crate::util::par_cols(((p, g), (m.as_mut(), v.as_mut())), self.par, &|((p, g), (m, v))| {

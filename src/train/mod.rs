@@ -1,4 +1,4 @@
-//! Training a [`Flow`] on image data: Adam with linear learning-rate warm-up, global
+//! Training a [`Flow`] on any [`Dataset`]: Adam with linear learning-rate warm-up, global
 //! gradient-norm clipping, the reconstruction penalty λ (fixed, or steered to a target by
 //! a GECO-style multiplier that moves both ways), non-finite steps skipped and counted,
 //! exact validation NLL after every epoch with the best epoch kept, and per-layer angles
@@ -17,9 +17,9 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::batches::epoch_order;
-use crate::data::mnist::Split;
+use crate::data::{Dataset, Dequantization};
 use crate::error::{Error, Result};
-use crate::flow::{Flow, FlowGrads, FlowWorkspace, Layer};
+use crate::flow::{Flow, FlowGrads, FlowWorkspace};
 use crate::optim::{Adam, AdamConfig, AdamState};
 use crate::real::Real;
 
@@ -47,6 +47,46 @@ pub struct TrainConfig {
     /// Stop (with an error) when the summed reconstruction error of a batch exceeds this:
     /// the paper's "training diverged" with too small a λ.
     pub max_reconstruction_error: f64,
+}
+
+impl TrainConfig {
+    /// Check every setting once (the CLI relies on this).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the first bad setting: zero epochs or batch, a
+    /// learning rate, clip norm, λ or GECO target that is not a positive finite number,
+    /// a negative or NaN warm-up, or a divergence threshold that is not positive.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "TrainConfig::validate";
+        let bad = |what: &str, v: f64| Err(Error::InvalidArgument { op: OP, reason: format!("{what} must be a positive finite number, got {v}") });
+        let pos = |v: f64| v.is_finite() && v > 0.0;
+        if self.epochs == 0 || self.batch == 0 {
+            return Err(Error::InvalidArgument { op: OP, reason: format!("epochs and batch must be positive, got {} and {}", self.epochs, self.batch) });
+        }
+        if !pos(self.adam.lr) {
+            return bad("the learning rate", self.adam.lr);
+        }
+        if let Some(c) = self.clip_norm.filter(|c| !pos(*c)) {
+            return bad("the clip norm", c);
+        }
+        match self.lambda {
+            Lambda::Fixed(l) if !(l.is_finite() && l >= 0.0) => return bad("lambda", l),
+            Lambda::Geco(g) if !pos(g.target) => return bad("the GECO target", g.target),
+            Lambda::Geco(g) if !pos(g.rate) => return bad("the GECO rate", g.rate),
+            Lambda::Geco(g) if !(pos(g.lambda) && pos(g.min) && g.max >= g.min) => return bad("the GECO lambda and its bounds", g.lambda),
+            Lambda::Geco(g) if !(g.ema >= 0.0 && g.ema < 1.0) => {
+                return Err(Error::InvalidArgument { op: OP, reason: format!("the GECO moving-average factor must be in [0, 1), got {}", g.ema) })
+            }
+            _ => {}
+        }
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
+            return Err(Error::InvalidArgument { op: OP, reason: format!("the warm-up must be a non-negative number of epochs, got {}", self.warmup_epochs) });
+        }
+        if !(self.max_reconstruction_error > 0.0) {
+            return bad("the divergence threshold", self.max_reconstruction_error);
+        }
+        Ok(())
+    }
 }
 
 impl Default for TrainConfig {
@@ -130,7 +170,7 @@ pub struct TrainerState<T: Real> {
     pub step: u64,
     /// The penalty, with a GECO multiplier's current value and moving average.
     pub lambda: Lambda,
-    /// Adam's state, one per layer (parameter-free layers have empty ones).
+    /// Adam's state, one per transform (parameter-free transforms have empty ones).
     pub adam: Vec<AdamState<T>>,
     /// Best epoch so far and its validation NLL.
     pub best: Option<(usize, f64)>,
@@ -158,22 +198,20 @@ impl<T: Real> Trainer<T> {
     /// A trainer for `flow` with `cfg`, using `par` for the layers' products.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a zero batch size or epoch count, or an Adam config error.
+    /// [`TrainConfig::validate`]'s errors, an Adam config error, a batch too large to
+    /// allocate.
     pub fn new(flow: Flow<T>, cfg: TrainConfig, par: Par) -> Result<Self> {
-        const OP: &str = "Trainer::new";
-        if cfg.batch == 0 {
-            return Err(Error::InvalidArgument { op: OP, reason: "batch size must be positive".into() });
-        }
+        cfg.validate()?;
         let grads = flow.zero_grads();
         let adams = grads
             .layers
             .iter()
             .map(|g| Adam::new(cfg.adam, g.blocks().into_iter().map(|b| (b.nrows(), b.ncols()))).map(|a| a.with_par(par)))
             .collect::<Result<Vec<_>>>()?;
-        let snf = flow.layers().iter().any(Layer::is_self_normalizing);
+        let snf = flow.self_normalizing().next().is_some();
         let exact_grads = (snf && cfg.angle_batches > 0).then(|| flow.zero_grads());
-        let ws = flow.workspace(cfg.batch, par, exact_grads.is_some());
-        let batch = Mat::zeros(flow.dim(), cfg.batch);
+        let ws = if exact_grads.is_some() { flow.exact_workspace(cfg.batch, par)? } else { flow.workspace(cfg.batch, par)? };
+        let batch = crate::util::try_zeros(flow.dim(), cfg.batch)?;
         Ok(Self { flow, cfg, adams, grads, exact_grads, ws, batch, order: Vec::new(), lambda: cfg.lambda, step: 0, best: None, history: Vec::new() })
     }
 
@@ -255,7 +293,7 @@ impl<T: Real> Trainer<T> {
     /// # Errors
     /// [`Error::InvalidArgument`] when the reconstruction error passes the divergence
     /// threshold; the layers' errors.
-    pub fn epoch(&mut self, train: &Split, valid: &Split) -> Result<EpochRecord> {
+    pub fn epoch<D: Dataset>(&mut self, train: &D, valid: &D) -> Result<EpochRecord> {
         self.epoch_with(train, valid, |_| {})
     }
 
@@ -264,8 +302,10 @@ impl<T: Real> Trainer<T> {
     ///
     /// # Errors
     /// As [`epoch`](Self::epoch).
-    pub fn epoch_with(&mut self, train: &Split, valid: &Split, mut progress: impl FnMut(&StepProgress)) -> Result<EpochRecord> {
+    pub fn epoch_with<D: Dataset>(&mut self, train: &D, valid: &D, mut progress: impl FnMut(&StepProgress)) -> Result<EpochRecord> {
         const OP: &str = "Trainer::epoch";
+        check_data(OP, train, self.flow.shape())?;
+        check_data(OP, valid, self.flow.shape())?;
         let epoch = self.next_epoch();
         let n = train.len();
         let bsz = self.cfg.batch;
@@ -296,13 +336,11 @@ impl<T: Real> Trainer<T> {
             }
             let stats = self.flow.gradients(x, &mut self.grads, &mut self.ws, lam)?;
             if let (true, Some(eg)) = (s < self.cfg.angle_batches, self.exact_grads.as_ref()) {
-                for (k, layer) in self.flow.layers().iter().enumerate() {
-                    if layer.is_self_normalizing() {
-                        let a = self.grads.layers[k].blocks();
-                        let b = eg.layers[k].blocks();
-                        angle_samples[k].push(crate::grad::angle_degrees(&a, &b)?);
-                        angle_w_samples[k].push(crate::grad::angle_degrees(&a[..1], &b[..1])?);
-                    }
+                for k in self.flow.self_normalizing() {
+                    let a = self.grads.layers[k].blocks();
+                    let b = eg.layers[k].blocks();
+                    angle_samples[k].push(crate::grad::angle_degrees(&a, &b)?);
+                    angle_w_samples[k].push(crate::grad::angle_degrees(&a[..1], &b[..1])?);
                 }
             }
             if !(stats.reconstruction_error.is_finite() && stats.partial_log_prob.is_finite() && self.grads.all_finite()) {
@@ -329,7 +367,7 @@ impl<T: Real> Trainer<T> {
             let lr = if warmup_steps > 0.0 { self.cfg.adam.lr * (self.step as f64 / warmup_steps).min(1.0) } else { self.cfg.adam.lr };
             for ((layer, g), adam) in self.flow.layers_mut().iter_mut().zip(&self.grads.layers).zip(&mut self.adams) {
                 adam.set_lr(lr);
-                layer.adam_step(g, adam)?;
+                adam.step(layer.params_mut().into_iter().zip(g.blocks()))?;
             }
             self.lambda.update(stats.reconstruction_error);
             recon_sum += stats.reconstruction_error;
@@ -390,20 +428,33 @@ impl<T: Real> Trainer<T> {
     ///
     /// # Errors
     /// The LU's errors (a singular layer), the layers' errors.
-    pub fn evaluate(&mut self, data: &Split) -> Result<(f64, f64)> {
+    pub fn evaluate<D: Dataset>(&mut self, data: &D) -> Result<(f64, f64)> {
         evaluate(&self.flow, data, self.cfg.batch, self.cfg.seed, &mut self.ws, &mut self.batch)
     }
 }
 
-/// Fill the first `idx.len()` columns of `batch` with the dequantised images `idx` of
-/// `data`: pixel values plus $U[0, 1)$ noise from `rng`.
-fn load_dequantized<T: Real>(data: &Split, idx: &[usize], batch: &mut Mat<T>, rng: &mut impl Rng) -> Result<()> {
+/// Fill the first `idx.len()` columns of `batch` with examples `idx` of `data`, dequantised
+/// as the data set says (pixel values plus $U[0, 1)$ noise from `rng`, or as they are).
+fn load_dequantized<T: Real, D: Dataset>(data: &D, idx: &[usize], batch: &mut Mat<T>, rng: &mut impl Rng) -> Result<()> {
     let b = idx.len();
     data.fill_batch(idx, batch.as_mut().subcols_mut(0, b))?;
-    for j in 0..b {
-        for v in batch.col_mut(j).iter_mut() {
-            *v += T::from_f64(rng.random::<f64>());
+    if data.dequantization() == Dequantization::Uniform {
+        for j in 0..b {
+            for v in batch.col_mut(j).iter_mut() {
+                *v += T::from_f64(rng.random::<f64>());
+            }
         }
+    }
+    Ok(())
+}
+
+/// A data set the flow can take, with at least one example.
+fn check_data<D: Dataset>(op: &'static str, data: &D, shape: crate::shape::Shape) -> Result<()> {
+    if !(data.shape().fits(shape) || shape.fits(data.shape())) {
+        return Err(Error::InvalidArgument { op, reason: format!("examples of shape {}, the flow takes {shape}", data.shape()) });
+    }
+    if data.is_empty() {
+        return Err(Error::InvalidArgument { op, reason: "the data set is empty".into() });
     }
     Ok(())
 }
@@ -413,9 +464,9 @@ fn load_dequantized<T: Real>(data: &Split, idx: &[usize], batch: &mut Mat<T>, rn
 ///
 /// # Errors
 /// As [`Trainer::evaluate`].
-pub fn evaluate<T: Real>(
+pub fn evaluate<T: Real, D: Dataset>(
     flow: &Flow<T>,
-    data: &Split,
+    data: &D,
     batch_size: usize,
     seed: u64,
     ws: &mut FlowWorkspace<T>,
@@ -430,15 +481,23 @@ pub fn evaluate<T: Real>(
 ///
 /// # Errors
 /// Shape errors, the layers' errors.
-pub fn evaluate_given<T: Real>(
+pub fn evaluate_given<T: Real, D: Dataset>(
     flow: &Flow<T>,
     static_ld: f64,
-    data: &Split,
+    data: &D,
     batch_size: usize,
     seed: u64,
     ws: &mut FlowWorkspace<T>,
     batch: &mut Mat<T>,
 ) -> Result<(f64, f64)> {
+    const OP: &str = "train::evaluate";
+    check_data(OP, data, flow.shape())?;
+    if batch_size == 0 || batch_size > ws.max_batch() || batch.ncols() < batch_size || batch.nrows() != flow.dim() {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            reason: format!("batch size {batch_size} must be positive and fit the workspace ({}) and the {}x{} buffer", ws.max_batch(), batch.nrows(), batch.ncols()),
+        });
+    }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_E7A1);
     let mut lp = vec![0.0; batch_size];
     let (mut total, mut n) = (0.0, 0usize);
@@ -446,10 +505,10 @@ pub fn evaluate_given<T: Real>(
     for chunk in idx.chunks(batch_size) {
         let b = chunk.len();
         load_dequantized(data, chunk, batch, &mut rng)?;
-        flow.log_prob(batch.as_ref().subcols(0, b), static_ld, ws, &mut lp[..b])?;
+        flow.log_prob_given(batch.as_ref().subcols(0, b), static_ld, ws, &mut lp[..b])?;
         total -= lp[..b].iter().sum::<f64>();
         n += b;
     }
-    let nll = total / n.max(1) as f64;
+    let nll = total / n as f64;
     Ok((nll, nll / (flow.dim() as f64 * std::f64::consts::LN_2)))
 }

@@ -91,7 +91,7 @@ fn point<T: Real>(d: usize, a: &Args) -> Result<(f64, f64)> {
         base.forward(x.as_ref(), z.as_mut(), &ews)?;
         zip!(dz.as_mut(), z.as_ref()).for_each(|unzip!(dz, z)| *dz = -*z);
         base.backward(x.as_ref(), dz.as_ref(), dx.as_mut(), &mut eg, &mut ews)?;
-        eadam.step(base.params_with_grads(&eg))
+        eadam.step(base.params_with_grads(&eg)?)
     })?;
     Ok((snf_time, exact_time))
 }

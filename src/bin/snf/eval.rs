@@ -8,7 +8,7 @@ use snf::train::evaluate_given;
 use snf::Real;
 
 use crate::error::{io, CliError, Result};
-use crate::run::{data_dir, resolve_checkpoint, split, CheckpointMeta, SplitName};
+use crate::run::{absolute, describe_data, load_data, resolve_checkpoint, split, CheckpointMeta, DatasetKind, Grad, Model, Precision, RunSettings, SplitName};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,9 +17,12 @@ pub struct Args {
     /// Which split.
     #[arg(long, value_enum, default_value = "test")]
     split: SplitName,
-    /// MNIST folder [default: the run's, else the shipped copy].
+    /// Data folder [default: the run's, else the shipped MNIST].
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Data set format of --data [default: the run's, else mnist].
+    #[arg(long, value_enum)]
+    dataset: Option<DatasetKind>,
     /// Evaluate the first N images of the split only [default: the run's subset for
     /// the validation split, all images otherwise].
     #[arg(long)]
@@ -54,16 +57,41 @@ pub fn run(a: Args) -> Result<()> {
 fn eval<T: Real>(a: &Args, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     let ck = Checkpoint::<T>::from_bytes(bytes, &path.display().to_string())?;
     let meta: Option<CheckpointMeta> = serde_json::from_value(ck.meta.clone()).ok();
-    let data = a.data.clone().or_else(|| meta.as_ref().and_then(|m| m.settings.data.clone()));
-    let mnist = snf::data::mnist::Mnist::load(&data_dir(&data))?;
-    let mut examples = split(&mnist, a.split).clone();
-    let run_subset = meta.as_ref().and_then(|m| if a.split == SplitName::Valid { m.settings.valid_subset } else { None });
-    if let Some(n) = a.subset.or(run_subset) {
+    // the run's data settings (a checkpoint without them: the shipped MNIST), then the flags
+    let mut s = meta.as_ref().map(|m| m.settings.clone()).unwrap_or_else(|| RunSettings {
+        model: Model::Fc,
+        grad: Grad::Snf,
+        precision: Precision::F32,
+        dataset: DatasetKind::Mnist,
+        data: None,
+        valid_size: None,
+        checksums: true,
+        train_subset: None,
+        valid_subset: None,
+        threads: 0,
+        config: Default::default(),
+    });
+    if let Some(d) = a.dataset {
+        s.dataset = d;
+    }
+    if a.data.is_some() {
+        s.data = absolute(&a.data)?;
+    }
+    s.train_subset = None;
+    if a.split != SplitName::Valid {
+        s.valid_subset = None;
+    }
+    let data = load_data(&s)?;
+    let mut examples = split(&data, a.split).clone();
+    if let Some(n) = a.subset {
         examples = examples.head(n);
+    }
+    if examples.is_empty() {
+        return Err(CliError::Usage(format!("the {:?} split has no images to evaluate", a.split).to_lowercase()));
     }
     let seed = meta.as_ref().map_or(0, |m| m.settings.config.seed);
     let par = Par::rayon(meta.as_ref().map_or(a.threads, |m| if a.threads == 0 { m.settings.threads } else { a.threads }));
-    let mut ws = ck.flow.workspace(a.batch, par, false);
+    let mut ws = ck.flow.workspace(a.batch, par)?;
     let mut batch = Mat::zeros(ck.flow.dim(), a.batch);
     let static_ld = if a.recompute_log_det { ck.flow.static_log_det(&mut ws)? } else { ck.static_log_det };
     let (nll, bpd) = evaluate_given(&ck.flow, static_ld, &examples, a.batch, seed, &mut ws, &mut batch)?;
@@ -73,6 +101,7 @@ fn eval<T: Real>(a: &Args, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
             "checkpoint": path.display().to_string(),
             "split": split_name,
             "examples": examples.len(),
+            "data": describe_data(&s),
             "nll_nats": nll,
             "bits_per_dim": bpd,
             "static_log_det": static_ld,
@@ -83,6 +112,7 @@ fn eval<T: Real>(a: &Args, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         println!("{v}");
     } else {
         println!("{split_name} NLL: {nll:.3} nats/image, {bpd:.5} bits/dim over {} images", examples.len());
+        println!("data:        {} ({split_name} split)", describe_data(&s));
         println!("checkpoint:  {}{}", path.display(), meta.as_ref().map_or(String::new(), |m| format!(" (epoch {}, logged validation NLL {:.3})", m.epoch, m.val_nll)));
         if a.recompute_log_det {
             println!("log-dets:    recomputed {static_ld:.6}, cached {:.6}", ck.static_log_det);

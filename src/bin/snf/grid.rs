@@ -1,32 +1,41 @@
-//! Grayscale PNG grids of 28x28 images.
+//! PNG grids of images of any shape (one channel: grey, three: colour).
 
 use std::path::Path;
 
+use snf::Shape;
+
 use crate::error::{CliError, Result};
 
-const SIDE: usize = 28;
 const GAP: usize = 2;
 
-/// One grid: `images` (28*28 bytes each) in rows of `cols`, on a mid-grey background.
+/// One RGB grid: `images` in rows of `cols`, on a mid-grey background.
 pub struct Grid {
     pub width: usize,
     pub height: usize,
+    /// RGB, row-major.
     pub pixels: Vec<u8>,
 }
 
 impl Grid {
-    pub fn new(images: &[Vec<u8>], cols: usize) -> Self {
+    /// `images` of `shape` (channel-major bytes, 1 or 3 channels; other channel counts
+    /// show their first channel).
+    pub fn new(images: &[Vec<u8>], shape: Shape, cols: usize) -> Self {
+        let (side_h, side_w) = (shape.h, shape.w);
         let cols = cols.max(1);
         let rows = images.len().div_ceil(cols).max(1);
-        let width = cols * SIDE + (cols + 1) * GAP;
-        let height = rows * SIDE + (rows + 1) * GAP;
-        let mut pixels = vec![128u8; width * height];
+        let width = cols * side_w + (cols + 1) * GAP;
+        let height = rows * side_h + (rows + 1) * GAP;
+        let mut pixels = vec![128u8; width * height * 3];
+        let plane = side_h * side_w;
         for (k, img) in images.iter().enumerate() {
             let (r, c) = (k / cols, k % cols);
-            let (y0, x0) = (GAP + r * (SIDE + GAP), GAP + c * (SIDE + GAP));
-            for y in 0..SIDE {
-                for x in 0..SIDE {
-                    pixels[(y0 + y) * width + x0 + x] = img.get(y * SIDE + x).copied().unwrap_or(0);
+            let (y0, x0) = (GAP + r * (side_h + GAP), GAP + c * (side_w + GAP));
+            for y in 0..side_h {
+                for x in 0..side_w {
+                    let at = |ch: usize| img.get(ch * plane + y * side_w + x).copied().unwrap_or(0);
+                    let rgb = if shape.c == 3 { [at(0), at(1), at(2)] } else { [at(0); 3] };
+                    let o = ((y0 + y) * width + x0 + x) * 3;
+                    pixels[o..o + 3].copy_from_slice(&rgb);
                 }
             }
         }
@@ -38,10 +47,10 @@ impl Grid {
         let gap = 4 * GAP;
         let width = self.width + gap + other.width;
         let height = self.height.max(other.height);
-        let mut pixels = vec![255u8; width * height];
+        let mut pixels = vec![255u8; width * height * 3];
         for (g, x0) in [(self, 0), (other, self.width + gap)] {
             for y in 0..g.height {
-                pixels[y * width + x0..y * width + x0 + g.width].copy_from_slice(&g.pixels[y * g.width..(y + 1) * g.width]);
+                pixels[(y * width + x0) * 3..(y * width + x0 + g.width) * 3].copy_from_slice(&g.pixels[y * g.width * 3..(y + 1) * g.width * 3]);
             }
         }
         Grid { width, height, pixels }
@@ -51,7 +60,13 @@ impl Grid {
     pub fn scaled(&self, k: usize) -> Grid {
         let k = k.max(1);
         let (width, height) = (self.width * k, self.height * k);
-        let pixels = (0..height).flat_map(|y| (0..width).map(move |x| (y / k, x / k))).map(|(y, x)| self.pixels[y * self.width + x]).collect();
+        let mut pixels = Vec::with_capacity(width * height * 3);
+        for y in 0..height {
+            for x in 0..width {
+                let o = ((y / k) * self.width + x / k) * 3;
+                pixels.extend_from_slice(&self.pixels[o..o + 3]);
+            }
+        }
         Grid { width, height, pixels }
     }
 
@@ -60,7 +75,7 @@ impl Grid {
         let mut bytes = Vec::new();
         {
             let mut enc = png::Encoder::new(&mut bytes, self.width as u32, self.height as u32);
-            enc.set_color(png::ColorType::Grayscale);
+            enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
             let mut w = enc.write_header().map_err(|e| err(e.to_string()))?;
             w.write_image_data(&self.pixels).map_err(|e| err(e.to_string()))?;

@@ -44,6 +44,27 @@ fn register_font() {
 
 const COLORS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
 
+/// Series `i` of `n`: the six-colour palette while it suffices, else `n` hues spread
+/// evenly around the colour wheel (so 18 angle series get 18 colours).
+fn color_of(i: usize, n: usize) -> RGBColor {
+    if n <= COLORS.len() {
+        return COLORS[i % COLORS.len()];
+    }
+    let h = i as f64 / n as f64 * 6.0;
+    let x = 1.0 - (h % 2.0 - 1.0).abs();
+    let (r, g, b) = match h as usize {
+        0 => (1.0, x, 0.0),
+        1 => (x, 1.0, 0.0),
+        2 => (0.0, 1.0, x),
+        3 => (0.0, x, 1.0),
+        4 => (x, 0.0, 1.0),
+        _ => (1.0, 0.0, x),
+    };
+    // darkened (value 0.8) so the lines stand out on white
+    let c = |v: f64| (v * 204.0) as u8;
+    RGBColor(c(r), c(g), c(b))
+}
+
 struct Series {
     label: String,
     points: Vec<(f64, f64)>,
@@ -96,10 +117,17 @@ pub fn plot_runs(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
             }
         }
     }
-    let files = vec![out.join("nll_vs_epoch.png"), out.join("nll_vs_time.png"), out.join("angles.png")];
+    let mut files = vec![out.join("nll_vs_epoch.png"), out.join("nll_vs_time.png")];
     line_chart(&files[0], "Validation NLL vs epoch", "epoch", "validation NLL (nats)", &by_epoch, false)?;
     line_chart(&files[1], "Validation NLL vs training time", "training time (s)", "validation NLL (nats)", &by_time, false)?;
-    line_chart(&files[2], "SNF vs exact gradient angle (Fig. 3)", "epoch", "angle (degrees, log scale)", &angles, true)?;
+    // exact-gradient runs have no second gradient to compare with: no angle plot
+    let stale = out.join("angles.png");
+    if angles.iter().any(|s| !s.points.is_empty()) {
+        line_chart(&stale, "SNF vs exact gradient angle (Fig. 3)", "epoch", "angle (degrees, log scale)", &angles, true)?;
+        files.push(stale);
+    } else if stale.is_file() {
+        std::fs::remove_file(&stale).map_err(|e| crate::error::io(&stale, e))?;
+    }
     Ok(files)
 }
 
@@ -139,7 +167,9 @@ fn draw(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Series],
         let chart = builder(&root).build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(|e| err(e.to_string()))?;
         finish(chart, x_desc, y_desc, series, &err)?;
     } else {
-        let pad = ((y1 - y0) * 0.05).max(1e-9 + y1.abs() * 1e-6);
+        // at least half a nat (or 0.5 % of the value) either side: one epoch is one
+        // point, not a zoom into rounding noise
+        let pad = ((y1 - y0) * 0.05).max(y1.abs().max(y0.abs()) * 0.005).max(0.5);
         let chart = builder(&root).build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)).map_err(|e| err(e.to_string()))?;
         finish(chart, x_desc, y_desc, series, &err)?;
     }
@@ -162,7 +192,7 @@ where
         {
         chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).label_style(("sans-serif", 15)).draw().map_err(|e| err(e.to_string()))?;
         for (i, s) in series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
+            let color = color_of(i, series.len());
             chart
                 .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
                 .map_err(|e| err(e.to_string()))?

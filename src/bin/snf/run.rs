@@ -14,21 +14,37 @@ use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
-use snf::data::mnist::{Mnist, Split};
-use snf::flow::models::{conv_nine_layer, fc_two_layer};
+use snf::data::idx_set::{load_idx, Checksums, IdxOptions};
+use snf::data::mnist::{LoadOptions, Mnist};
+use snf::data::{Images, Splits};
+use snf::flow::models::{conv_nine_layer, fc_two_layer, Gradient};
 use snf::flow::Flow;
 use snf::train::{EpochRecord, TrainConfig};
-use snf::Real;
+use snf::{Real, Shape};
 
 use crate::error::{io, CliError, Result};
 
-/// Which of the paper's MNIST models.
+/// Which data set format `--data` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// MNIST: the four IDX files with their SHA256SUMS (default: the shipped copy).
+    #[default]
+    Mnist,
+    /// Any IDX set laid out like MNIST (train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz],
+    /// optional label files; checksums verified when a SHA256SUMS file is present).
+    Idx,
+    /// CIFAR-10's binary files (data_batch_1..5.bin, test_batch.bin).
+    Cifar10,
+}
+
+/// Which of the paper's models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Model {
-    /// FC 2-layer: 784x784 linear, smooth leaky ReLU, 784x784 linear.
+    /// FC 2-layer: DxD linear, smooth leaky ReLU, DxD linear.
     Fc,
-    /// Conv 9-layer: 3 blocks of 3 3x3 convolutions with spline activations.
+    /// Conv 9-layer: 3 blocks of 3 3x3 convolutions with spline activations (image sides divisible by 4).
     Conv,
 }
 
@@ -61,8 +77,18 @@ pub struct RunSettings {
     pub grad: Grad,
     /// Precision.
     pub precision: Precision,
-    /// MNIST folder (`None`: the copy shipped with the crate).
+    /// The data set format.
+    #[serde(default)]
+    pub dataset: DatasetKind,
+    /// Data folder, absolute (`None`: the MNIST copy shipped with the crate).
     pub data: Option<PathBuf>,
+    /// Validation images (the last N training images) [`None`: 10 000, or a sixth of a
+    /// smaller training set].
+    #[serde(default)]
+    pub valid_size: Option<usize>,
+    /// Verify the files against SHA256SUMS (MNIST: required; others: when present).
+    #[serde(default = "yes")]
+    pub checksums: bool,
     /// Use only the first N training images.
     pub train_subset: Option<usize>,
     /// Use only the first N validation images.
@@ -71,6 +97,10 @@ pub struct RunSettings {
     pub threads: usize,
     /// Training configuration (epochs, batch, Adam, warm-up, λ, seed, ...).
     pub config: TrainConfig,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a checkpoint's `meta` holds.
@@ -181,25 +211,60 @@ pub fn data_dir(data: &Option<PathBuf>) -> PathBuf {
     data.clone().unwrap_or_else(Mnist::shipped_dir)
 }
 
-/// Load MNIST (checksums verified) and cut the subsets.
-pub fn load_mnist(s: &RunSettings) -> Result<Mnist> {
-    let mut m = Mnist::load(&data_dir(&s.data))?;
-    if let Some(n) = s.train_subset {
-        m.train = m.train.head(n);
-    }
-    if let Some(n) = s.valid_subset {
-        m.valid = m.valid.head(n);
-    }
-    Ok(m)
+/// `--data` as an absolute path (so the run folder works from any directory).
+pub fn absolute(data: &Option<PathBuf>) -> Result<Option<PathBuf>> {
+    data.as_ref().map(|d| std::path::absolute(d).map_err(|e| io(d, e))).transpose()
 }
 
-/// A freshly initialised model.
-pub fn build_model<T: Real>(s: &RunSettings) -> Result<Flow<T>> {
+/// A short description of where the data comes from.
+pub fn describe_data(s: &RunSettings) -> String {
+    let kind = match s.dataset {
+        DatasetKind::Mnist => "mnist",
+        DatasetKind::Idx => "idx",
+        DatasetKind::Cifar10 => "cifar10",
+    };
+    format!("{kind} at {}", data_dir(&s.data).display())
+}
+
+/// Load the run's data set (checksums as the settings say) and cut the subsets.
+pub fn load_data(s: &RunSettings) -> Result<Splits<Images>> {
+    let dir = data_dir(&s.data);
+    let mut d = match s.dataset {
+        DatasetKind::Mnist => {
+            let m = Mnist::load_with(&dir, LoadOptions { verify_checksums: s.checksums, validation: s.valid_size.unwrap_or(10_000) })?;
+            Splits { train: m.train, valid: m.valid, test: m.test }
+        }
+        DatasetKind::Idx => {
+            let checksums = if s.checksums { Checksums::IfPresent } else { Checksums::Skip };
+            load_idx(&dir, IdxOptions { checksums, validation: s.valid_size })?
+        }
+        DatasetKind::Cifar10 => {
+            let checksums = if s.checksums { Checksums::IfPresent } else { Checksums::Skip };
+            snf::data::cifar10::load_cifar10(&dir, s.valid_size.unwrap_or(5_000), checksums)?
+        }
+    };
+    if s.dataset != DatasetKind::Mnist && s.data.is_none() {
+        return Err(CliError::Usage("--dataset idx and cifar10 need --data DIR".into()));
+    }
+    if let Some(n) = s.train_subset {
+        d.train = d.train.head(n);
+    }
+    if let Some(n) = s.valid_subset {
+        d.valid = d.valid.head(n);
+    }
+    Ok(d)
+}
+
+/// A freshly initialised model for examples of `shape`.
+pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
     let mut rng = snf::init::rng(s.config.seed);
-    let snf_layers = s.grad == Grad::Snf;
+    let gradient = match s.grad {
+        Grad::Snf => Gradient::SelfNormalizing,
+        Grad::Exact => Gradient::Exact,
+    };
     Ok(match s.model {
-        Model::Fc => fc_two_layer::<T, _>(snf_layers, &mut rng)?,
-        Model::Conv => conv_nine_layer::<T, _>(snf_layers, &mut rng)?,
+        Model::Fc => fc_two_layer::<T, _>(shape, gradient, &mut rng)?,
+        Model::Conv => conv_nine_layer::<T, _>(shape, gradient, &mut rng)?,
     })
 }
 
@@ -219,7 +284,7 @@ pub fn resolve_checkpoint(target: &Path) -> Result<PathBuf> {
 }
 
 /// A split of the data by name.
-pub fn split(m: &Mnist, name: SplitName) -> &Split {
+pub fn split(m: &Splits<Images>, name: SplitName) -> &Images {
     match name {
         SplitName::Train => &m.train,
         SplitName::Valid => &m.valid,
@@ -227,12 +292,12 @@ pub fn split(m: &Mnist, name: SplitName) -> &Split {
     }
 }
 
-/// The paper's splits.
+/// The data splits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SplitName {
-    /// First 50 000 training images.
+    /// The training images (MNIST: the first 50 000).
     Train,
-    /// Last 10 000 training images.
+    /// The last training images (MNIST: 10 000).
     Valid,
     /// The 10 000 test images.
     Test,

@@ -65,16 +65,21 @@ pub fn run(a: Args) -> Result<()> {
 
 /// Draw `n` base samples and write their images through the chosen inverse(s).
 pub fn write_samples<T: Real>(flow: &Flow<T>, n: usize, inverse: Inverse, seed: u64, temperature: f64, out: &Path) -> Result<()> {
-    if flow.dim() != 784 {
-        return Err(CliError::Usage(format!("the model has dimension {}, sample grids need 28x28 images", flow.dim())));
+    let shape = flow.shape();
+    if shape.is_flat() {
+        return Err(CliError::Usage(format!("the model takes flat vectors of {}, sample grids need images", flow.dim())));
+    }
+    let learned = flow.self_normalizing().next().is_some();
+    if !learned && inverse != Inverse::Exact {
+        return Err(CliError::Usage("this model has no learned inverse (exact-gradient layers): use --inverse exact".into()));
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let z = Mat::from_fn(flow.dim(), n, |_, _| T::from_f64(temperature * rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, &mut rng)));
-    let mut ws = flow.workspace(n, Par::rayon(0), false);
+    let mut ws = flow.workspace(n, Par::rayon(0))?;
     let mut x = Mat::zeros(flow.dim(), n);
     let cols = (n as f64).sqrt().ceil() as usize;
-    let mut grid = |learned: bool| -> Result<Grid> {
-        flow.inverse(z.as_ref(), x.as_mut(), &mut ws, learned)?;
+    let mut grid = |how: snf::flow::Inverse| -> Result<Grid> {
+        flow.inverse(z.as_ref(), x.as_mut(), &mut ws, how)?;
         let images: Vec<Vec<u8>> = (0..n)
             .map(|j| {
                 (0..flow.dim())
@@ -89,12 +94,13 @@ pub fn write_samples<T: Real>(flow: &Flow<T>, n: usize, inverse: Inverse, seed: 
                     .collect()
             })
             .collect();
-        Ok(Grid::new(&images, cols))
+        Ok(Grid::new(&images, shape, cols))
     };
+    use snf::flow::Inverse as How;
     let g = match inverse {
-        Inverse::Learned => grid(true)?,
-        Inverse::Exact => grid(false)?,
-        Inverse::Both => grid(true)?.beside(&grid(false)?),
+        Inverse::Learned => grid(How::Learned)?,
+        Inverse::Exact => grid(How::Exact)?,
+        Inverse::Both => grid(How::Learned)?.beside(&grid(How::Exact)?),
     };
     g.scaled(2).save(out)
 }

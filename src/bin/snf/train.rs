@@ -11,7 +11,8 @@ use snf::train::{Geco, Lambda, TrainConfig, Trainer};
 use snf::Real;
 
 use crate::error::{CliError, Result};
-use crate::run::{build_model, load_mnist, CheckpointMeta, Grad, Model, Precision, RunDir, RunSettings};
+use crate::run::{absolute, build_model, describe_data, load_data, CheckpointMeta, DatasetKind, Grad, Model, Precision, RunDir, RunSettings};
+use snf::data::{Images, Splits};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,9 +52,22 @@ pub struct Args {
     /// Measure the SNF-vs-exact gradient angle on this many batches per epoch (Fig. 3).
     #[arg(long, default_value_t = 1)]
     angle_batches: usize,
-    /// MNIST folder with the IDX files and checksums [default: the shipped copy].
+    /// Data set format of --data.
+    #[arg(long, value_enum, default_value = "mnist")]
+    dataset: DatasetKind,
+    /// Data folder [default: the shipped MNIST]. mnist/idx: train-images-idx3-ubyte,
+    /// train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each raw
+    /// or .gz; idx label files optional); cifar10: data_batch_1..5.bin, test_batch.bin.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Validation images: the last N training images [default: 10000 for mnist, 5000
+    /// for cifar10; for idx 10000, or a sixth of fewer than 60000 training images].
+    #[arg(long)]
+    valid_size: Option<usize>,
+    /// Do not verify the files against SHA256SUMS (mnist requires the list; idx and
+    /// cifar10 verify when it is present).
+    #[arg(long)]
+    no_checksums: bool,
     /// Train on the first N training images only.
     #[arg(long)]
     train_subset: Option<usize>,
@@ -114,11 +128,23 @@ pub fn run(a: Args) -> Result<()> {
         return Err(CliError::Usage(format!("{} already holds a run; pass --resume to continue it or --force to start over", dir.root.display())));
     }
     let settings = settings_from(&a)?;
-    dir.create()?;
-    dir.write_settings(&settings)?;
+    // everything that can fail on the user's input fails before the run folder is touched
+    let data = load_data(&settings)?;
+    let shape = data.train.shape();
+    let par = Par::rayon(settings.threads);
     match settings.precision {
-        Precision::F32 => train(Trainer::<f32>::new(build_model(&settings)?, settings.config, Par::rayon(settings.threads))?, &settings, &dir, &a),
-        Precision::F64 => train(Trainer::<f64>::new(build_model(&settings)?, settings.config, Par::rayon(settings.threads))?, &settings, &dir, &a),
+        Precision::F32 => {
+            let t = Trainer::<f32>::new(build_model(&settings, shape)?, settings.config, par)?;
+            dir.create()?;
+            dir.write_settings(&settings)?;
+            train(t, &settings, &dir, &a, &data)
+        }
+        Precision::F64 => {
+            let t = Trainer::<f64>::new(build_model(&settings, shape)?, settings.config, par)?;
+            dir.create()?;
+            dir.write_settings(&settings)?;
+            train(t, &settings, &dir, &a, &data)
+        }
     }
 }
 
@@ -130,10 +156,12 @@ fn resume<T: Real>(bytes: &[u8], dir: &RunDir, a: &Args) -> Result<()> {
     let meta: CheckpointMeta = serde_json::from_value(ck.meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", last.display())))?;
     let mut s = meta.settings;
     if let Some(e) = a.epochs {
+        if e < ck.training.as_ref().map_or(0, |(_, st)| st.history.len()) || e == 0 {
+            return Err(CliError::Usage(format!("--epochs {e} with --resume: the run already has more epochs (give the new total)")));
+        }
         s.config.epochs = e;
     }
-    dir.create()?;
-    dir.write_settings(&s)?;
+    let data = load_data(&s)?;
     let (cfg, state) = ck.training.ok_or_else(|| CliError::Usage(format!("{}: holds no training state", last.display())))?;
     let cfg = TrainConfig { epochs: s.config.epochs, ..cfg };
     // The best checkpoint is written before `last`, so after a crash between the two it
@@ -150,7 +178,10 @@ fn resume<T: Real>(bytes: &[u8], dir: &RunDir, a: &Args) -> Result<()> {
             Some(b.flow)
         }
     };
-    train(Trainer::resume(ck.flow, cfg, Par::rayon(s.threads), state, best_flow)?, &s, dir, a)
+    let trainer = Trainer::resume(ck.flow, cfg, Par::rayon(s.threads), state, best_flow)?;
+    dir.create()?;
+    dir.write_settings(&s)?;
+    train(trainer, &s, dir, a, &data)
 }
 
 fn model_name(m: Model) -> &'static str {
@@ -168,36 +199,19 @@ fn grad_name(g: Grad) -> &'static str {
 }
 
 fn settings_from(a: &Args) -> Result<RunSettings> {
-    let positive = |name: &str, v: f64| {
-        if v.is_finite() && v > 0.0 {
-            Ok(v)
-        } else {
-            Err(CliError::Usage(format!("--{name} must be a positive number, got {v}")))
-        }
-    };
-    let lr = positive("lr", a.lr.unwrap_or(if a.model == Model::Conv { 1e-3 } else { 1e-4 }))?;
+    let lr = a.lr.unwrap_or(if a.model == Model::Conv { 1e-3 } else { 1e-4 });
     let lambda = match a.geco_target {
         Some(t) => {
-            let mut g = Geco::new(positive("geco-target", t)?, positive("lambda", a.lambda)?);
+            let mut g = Geco::new(t, a.lambda);
             if let Some(r) = a.geco_rate {
-                g.rate = positive("geco-rate", r)?;
+                g.rate = r;
             }
             Lambda::Geco(g)
         }
-        None => Lambda::Fixed(positive("lambda", a.lambda)?),
+        None => Lambda::Fixed(a.lambda),
     };
-    if let Some(c) = a.clip_norm {
-        positive("clip-norm", c)?;
-    }
-    if !(a.warmup.is_finite() && a.warmup >= 0.0) {
-        return Err(CliError::Usage(format!("--warmup must be a non-negative number, got {}", a.warmup)));
-    }
-    let epochs = a.epochs.unwrap_or(DEFAULT_EPOCHS);
-    if epochs == 0 || a.batch == 0 {
-        return Err(CliError::Usage("--epochs and --batch must be positive".into()));
-    }
     let config = TrainConfig {
-        epochs,
+        epochs: a.epochs.unwrap_or(DEFAULT_EPOCHS),
         batch: a.batch,
         adam: AdamConfig { lr, ..Default::default() },
         warmup_epochs: a.warmup,
@@ -207,11 +221,19 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         angle_batches: if a.grad == Grad::Snf { a.angle_batches } else { 0 },
         ..Default::default()
     };
+    // one validation, in the library; its message names the setting
+    config.validate().map_err(|e| CliError::Usage(e.to_string()))?;
+    if a.dataset != DatasetKind::Mnist && a.data.is_none() {
+        return Err(CliError::Usage(format!("--dataset {} needs --data DIR", format!("{:?}", a.dataset).to_lowercase())));
+    }
     Ok(RunSettings {
         model: a.model,
         grad: a.grad,
         precision: a.precision,
-        data: a.data.clone(),
+        dataset: a.dataset,
+        data: absolute(&a.data)?,
+        valid_size: a.valid_size,
+        checksums: !a.no_checksums,
         train_subset: a.train_subset,
         valid_subset: a.valid_subset,
         threads: a.threads,
@@ -228,20 +250,22 @@ fn fault_epoch() -> Option<usize> {
 
 /// Run the remaining epochs of `trainer`, writing checkpoints and metrics after each,
 /// then the plots and the sample grid.
-fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Args) -> Result<()> {
+fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Args, data: &Splits<Images>) -> Result<()> {
     let (resume, samples, quiet) = (a.resume, a.samples, a.quiet);
-    let mnist = load_mnist(s)?;
+    let snf_run = trainer.flow().self_normalizing().next().is_some();
     dir.write_metrics(trainer.history())?;
     let first = trainer.next_epoch();
     let total = s.config.epochs;
     if !quiet {
         eprintln!(
-            "{} {} model, {} gradients, {} training / {} validation images, epochs {first}..={total}, run folder {}",
+            "{} {} model, {} gradients, {}: {} training / {} validation images of {}, epochs {first}..={total}, run folder {}",
             if resume { "resuming" } else { "training" },
             model_name(s.model),
             grad_name(s.grad),
-            mnist.train.len(),
-            mnist.valid.len(),
+            describe_data(s),
+            data.train.len(),
+            data.valid.len(),
+            data.train.shape(),
             dir.root.display()
         );
     }
@@ -249,19 +273,20 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
         .map_err(|e| CliError::Usage(e.to_string()))?
         .progress_chars("=> ");
     for epoch in first..=total {
-        let steps = mnist.train.len() / s.config.batch;
+        let steps = data.train.len() / s.config.batch;
         let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(steps as u64) };
         bar.set_style(style.clone());
         bar.set_prefix(format!("epoch {epoch}/{total}"));
         let t0 = Instant::now();
         let batch = s.config.batch;
-        let record = trainer.epoch_with(&mnist.train, &mnist.valid, |p| {
+        let record = trainer.epoch_with(&data.train, &data.valid, |p| {
             let rate = (p.step * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             bar.set_position(p.step as u64);
-            bar.set_message(format!(
-                "train -log p~ {:.1}  recon {:.2e}  lambda {:.3}  {:.0} img/s",
-                -p.partial_log_prob, p.reconstruction_error, p.lambda, rate
-            ));
+            if snf_run {
+                bar.set_message(format!("train -log p~ {:.1}  recon {:.2e}  lambda {:.3}  {:.0} img/s", -p.partial_log_prob, p.reconstruction_error, p.lambda, rate));
+            } else {
+                bar.set_message(format!("train -log p~ {:.1}  {:.0} img/s", -p.partial_log_prob, rate));
+            }
         })?;
         let meta = |epoch: usize, val_nll: f64| serde_json::to_value(CheckpointMeta { settings: s.clone(), epoch, val_nll });
         if let Some((e, nll, flow)) = trainer.best().filter(|b| b.0 == epoch) {
@@ -278,32 +303,33 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
         dir.write_metrics(trainer.history())?;
         bar.finish_and_clear();
         if !quiet {
+            let recon = if snf_run { format!(", recon {:.3e}, lambda {:.3}", record.reconstruction_error, record.lambda) } else { String::new() };
             eprintln!(
-                "epoch {epoch}/{total}: validation NLL {:.2} nats ({:.4} bits/dim), train {:.1} s, recon {:.3e}, lambda {:.3}{}",
+                "epoch {epoch}/{total}: validation NLL {:.2} nats ({:.4} bits/dim), train {:.1} s{recon}{}",
                 record.val_nll,
                 record.val_bpd,
                 record.train_seconds,
-                record.reconstruction_error,
-                record.lambda,
                 if record.skipped_steps > 0 { format!(", {} steps skipped (non-finite)", record.skipped_steps) } else { String::new() }
             );
         }
     }
     // pictures a person can open
-    crate::plot::plot_runs(std::slice::from_ref(&dir.root), &dir.root)?;
+    let plots = crate::plot::plot_runs(std::slice::from_ref(&dir.root), &dir.root)?;
+    let inverse = if snf_run { crate::sample::Inverse::Both } else { crate::sample::Inverse::Exact };
     if samples > 0 {
         if let Some((_, _, best)) = trainer.best() {
-            crate::sample::write_samples(best, samples, crate::sample::Inverse::Both, s.config.seed, 1.0, &dir.samples())?;
+            crate::sample::write_samples(best, samples, inverse, s.config.seed, 1.0, &dir.samples())?;
         }
     }
     if let Some((e, nll, _)) = trainer.best() {
-        println!("best epoch {e}: validation NLL {nll:.2} nats ({:.4} bits/dim)", nll / (784.0 * std::f64::consts::LN_2));
+        println!("best epoch {e}: validation NLL {nll:.2} nats ({:.4} bits/dim)", nll / (trainer.flow().dim() as f64 * std::f64::consts::LN_2));
     }
     println!("metrics:     {}, {}", dir.metrics_csv().display(), dir.metrics_jsonl().display());
     println!("checkpoints: {}, {}", dir.best().display(), dir.last().display());
-    println!("plots:       {}", ["nll_vs_epoch.png", "nll_vs_time.png", "angles.png"].map(|p| dir.root.join(p).display().to_string()).join(", "));
+    println!("plots:       {}", plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
     if samples > 0 {
-        println!("samples:     {} (left: learned inverse, right: exact inverse)", dir.samples().display());
+        let what = if snf_run { "left: learned inverse, right: exact inverse" } else { "exact inverse" };
+        println!("samples:     {} ({what})", dir.samples().display());
     }
     println!("test NLL:    snf eval {}", dir.root.display());
     Ok(())

@@ -1,7 +1,6 @@
 //! The exact path: dense $\mathcal T(w)$, its LU, the cached log-det (Eqs. 6–7), the exact
 //! log-det gradient $P(\mathcal T(w)^{-T})$ and the exact inverses.
 
-use std::sync::PoisonError;
 
 use faer::reborrow::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef};
@@ -45,7 +44,7 @@ impl<T: Real> SelfNormConv2d<T> {
 
     /// $\log\lvert\det\mathcal T(w)\rvert$, the layer's data-independent log-det (the same
     /// for every example, Eqs. 6–7). Computed by LU of the dense `D x D` matrix the first
-    /// time and **cached** in the layer until its parameters change
+    /// time and kept (as the LU, keyed by the parameters' stamp) in the workspace until the parameters change
     /// ([`params_with_grads`](Self::params_with_grads) / [`params_mut`](Self::params_mut)
     /// set the dirty flag), so evaluation pays the $O(D^3)$ once.
     ///
@@ -54,15 +53,10 @@ impl<T: Real> SelfNormConv2d<T> {
     /// from the LU; workspace mismatch.
     pub fn log_abs_det(&self, ws: &mut ConvWorkspace<T>) -> Result<f64> {
         const OP: &str = "SelfNormConv2d::log_abs_det";
-        if let Some(v) = self.cached_log_abs_det() {
-            return Ok(v);
-        }
         self.check_ws(OP, ws)?;
         let ex = ws.ensure_exact();
         self.ensure_lu_w(ex)?;
-        let v = ex.lu_w.log_abs_det()?;
-        *self.logdet.lock().unwrap_or_else(PoisonError::into_inner) = Some(v);
-        Ok(v)
+        ex.lu_w.log_abs_det()
     }
 
     /// The exact log-det gradient $\partial\log\lvert\det\mathcal T(w)\rvert/\partial w

@@ -127,6 +127,11 @@ impl<T: Real> ExactConv2d<T> {
         Ok([Some((self.w.as_mut(), grads.w.as_ref())), b].into_iter().flatten())
     }
 
+    /// Mutable parameter blocks `[w, b?]`.
+    pub fn params_mut(&mut self) -> Vec<MatMut<'_, T>> {
+        [Some(self.w.as_mut()), self.b.as_mut().map(|b| b.as_mut())].into_iter().flatten().collect()
+    }
+
     fn pixels(&self) -> usize {
         let [h, w] = self.geom.in_size();
         h * w

@@ -28,12 +28,12 @@ mod exact;
 mod exact_conv;
 mod forward;
 mod fused;
+mod transform;
 mod workspace;
 
 pub use exact_conv::{ExactConv2d, ExactConv2dGrads, ExactConv2dWorkspace};
 pub use workspace::ConvWorkspace;
-
-use std::sync::{Mutex, PoisonError};
+pub(crate) use forward::{add_channel_bias, channel_sums};
 
 use faer::{Mat, MatMut, MatRef};
 use rand::Rng;
@@ -53,11 +53,12 @@ use crate::real::Real;
 /// let cfg = SelfNormConv2dConfig::new(4, [14, 14], 3).with_inverse_kernel([7, 7]);
 /// assert_eq!(cfg.forward.padding, [1, 1]);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SelfNormConv2dConfig {
     /// The forward convolution $f$. Must be channel-preserving, stride 1, with odd
     /// kernel sizes and "same" padding $d(K-1)/2$: exactly the geometries for which
-    /// Eq. 15 holds (see [`SelfNormConv2d::new`]).
+    /// Eq. 15 holds (see [`SelfNormConv2d::new`]). (Flattened into the same JSON object.)
+    #[serde(flatten)]
     pub forward: Conv2dSpec,
     /// Kernel size of the inverse $g$ (odd). $g$ shares the channels, dilation and
     /// groups of $f$ and uses its own "same" padding.
@@ -104,7 +105,7 @@ impl SelfNormConv2dConfig {
 /// let mut grads = layer.zero_grads();
 /// let stats = layer.backward(x.as_ref(), dz.as_ref(), dx.as_mut(), &mut grads, &mut ws, 1.0)?;
 /// assert!(stats.reconstruction_error < 1e-2);
-/// // the exact log-det, computed once and cached until the kernel changes
+/// // the exact log-det (its LU is kept in the workspace until the kernel changes)
 /// let ld = layer.log_abs_det(&mut ws)?;
 /// assert!(ld.abs() < 1.0);
 /// # Ok::<(), snf::Error>(())
@@ -122,9 +123,6 @@ pub struct SelfNormConv2d<T: Real> {
     pub(crate) m_r: Mat<T>,
     /// Changes whenever the parameters may have changed (keys the workspace's LU caches).
     pub(crate) stamp: u64,
-    /// $\log\lvert\det\mathcal T(w)\rvert$, cached until the parameters change (the dirty
-    /// flag is `None`).
-    pub(crate) logdet: Mutex<Option<f64>>,
 }
 
 impl<T: Real> Clone for SelfNormConv2d<T> {
@@ -139,7 +137,6 @@ impl<T: Real> Clone for SelfNormConv2d<T> {
             m_w: self.m_w.clone(),
             m_r: self.m_r.clone(),
             stamp: self.stamp,
-            logdet: Mutex::new(self.cached_log_abs_det()),
         }
     }
 }
@@ -284,7 +281,7 @@ impl<T: Real> SelfNormConv2d<T> {
     ) -> Result<Self> {
         let m_w = conv::multiplicity(&geom_w)?;
         let m_r = conv::multiplicity(&geom_r)?;
-        Ok(Self { config, geom_w, geom_r, w, r, b, m_w, m_r, stamp: next_stamp(), logdet: Mutex::new(None) })
+        Ok(Self { config, geom_w, geom_r, w, r, b, m_w, m_r, stamp: next_stamp() })
     }
 
     /// The configuration.
@@ -338,7 +335,7 @@ impl<T: Real> SelfNormConv2d<T> {
     }
 
     /// Mutable parameter blocks paired with their gradients, `[w, r, b?]`, for an
-    /// optimiser step. Marks the cached log-det and LU factors stale.
+    /// optimiser step. Marks the workspace's LU factors stale.
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] / [`Error::InvalidArgument`] if `grads` was not made for this layer.
@@ -354,21 +351,15 @@ impl<T: Real> SelfNormConv2d<T> {
             .flatten())
     }
 
-    /// Mutable parameter blocks `[w, r, b?]`. Marks the cached log-det and LU factors stale.
+    /// Mutable parameter blocks `[w, r, b?]`. Marks the workspace's LU factors stale.
     pub fn params_mut(&mut self) -> impl Iterator<Item = MatMut<'_, T>> {
         self.invalidate();
         [Some(self.w.as_mut()), Some(self.r.as_mut()), self.b.as_mut().map(|b| b.as_mut())].into_iter().flatten()
     }
 
-    /// The dirty flag: drop the cached log-det and take a new stamp.
-    fn invalidate(&mut self) {
+    /// Take a new stamp: the workspace's LU factors of the old parameters become stale.
+    pub(crate) fn invalidate(&mut self) {
         self.stamp = next_stamp();
-        *self.logdet.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
-    }
-
-    /// The cached $\log\lvert\det\mathcal T(w)\rvert$, if it is current.
-    pub fn cached_log_abs_det(&self) -> Option<f64> {
-        *self.logdet.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn check_grads(&self, op: &'static str, g: &Conv2dGrads<T>) -> Result<()> {

@@ -91,12 +91,22 @@ impl<T: Real> ExactLinear<T> {
     }
 
     /// Parameter blocks paired with gradients, `[W, b?]`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] / [`Error::InvalidArgument`] if `g` was not made for this
+    /// layer (another size, or a bias where the layer has none or the reverse).
     pub fn params_with_grads<'a>(
         &'a mut self,
         g: &'a ExactLinearGrads<T>,
-    ) -> impl Iterator<Item = (MatMut<'a, T>, MatRef<'a, T>)> {
+    ) -> Result<impl Iterator<Item = (MatMut<'a, T>, MatRef<'a, T>)>> {
+        const OP: &str = "ExactLinear::params_with_grads";
+        let d = self.dim();
+        check_shape(OP, (d, d), (g.w.nrows(), g.w.ncols()))?;
+        if self.b.is_some() != g.b.is_some() {
+            return Err(Error::InvalidArgument { op: OP, reason: "bias presence differs".into() });
+        }
         let b = self.b.as_mut().zip(g.b.as_ref()).map(|(p, g)| (p.as_mut(), g.as_ref()));
-        [Some((self.w.as_mut(), g.w.as_ref())), b].into_iter().flatten()
+        Ok([Some((self.w.as_mut(), g.w.as_ref())), b].into_iter().flatten())
     }
 
     fn check(&self, op: &'static str, ws: &ExactLinearWorkspace<T>, x: MatRef<'_, T>) -> Result<usize> {

@@ -22,6 +22,7 @@
 mod backward;
 mod exact_linear;
 mod forward;
+mod transform;
 mod workspace;
 
 pub use exact_linear::{ExactLinear, ExactLinearGrads, ExactLinearWorkspace};

@@ -98,3 +98,52 @@ impl Preprocess {
         Ok(())
     }
 }
+
+impl<T: Real> crate::transform::Transform<T> for Preprocess {
+    fn kind(&self) -> &'static str {
+        "preprocess"
+    }
+    fn output_shape(&self, input: crate::shape::Shape) -> Result<crate::shape::Shape> {
+        Ok(input)
+    }
+    fn workspace(&self, max_batch: usize, par: Par) -> Result<crate::transform::Workspace<T>> {
+        crate::transform::Workspace::new((), max_batch, par)
+    }
+    fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, logdet: &mut [f64], ws: &mut crate::transform::Workspace<T>) -> Result<crate::transform::Tape> {
+        Preprocess::forward(self, x, y, logdet, ws.par())?;
+        Ok(ws.record(x))
+    }
+    /// $\delta_y = c\,\delta_z/(s(1-s)) + c\,(2s - 1)/(s(1-s))$ with $c = (1-2\alpha)/256$:
+    /// the chain rule through the logit plus the gradient of its own log-det.
+    fn backward(
+        &self,
+        tape: crate::transform::Tape,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        dx: MatMut<'_, T>,
+        _grads: &mut crate::transform::Grads<T>,
+        ws: &mut crate::transform::Workspace<T>,
+        _lambda: T,
+    ) -> Result<f64> {
+        ws.consume(tape, x)?;
+        check_shape("Preprocess::backward", (x.nrows(), x.ncols()), (dy.nrows(), dy.ncols()))?;
+        check_shape("Preprocess::backward", (x.nrows(), x.ncols()), (dx.nrows(), dx.ncols()))?;
+        let a = self.alpha;
+        let c = (1.0 - 2.0 * a) / 256.0;
+        let mut dx = dx;
+        for j in 0..x.ncols() {
+            for i in 0..x.nrows() {
+                let s = a + c * x[(i, j)].as_f64();
+                let q = c / (s * (1.0 - s));
+                dx[(i, j)] = T::from_f64(q * dy[(i, j)].as_f64() + q * (2.0 * s - 1.0));
+            }
+        }
+        Ok(0.0)
+    }
+    fn inverse(&self, y: MatRef<'_, T>, x: MatMut<'_, T>, _ws: &mut crate::transform::Workspace<T>) -> Result<()> {
+        Preprocess::inverse(self, y, x)
+    }
+    fn spec(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "preprocess", "alpha": self.alpha})
+    }
+}

@@ -23,7 +23,8 @@ impl Squeeze {
     /// # Errors
     /// [`Error::InvalidArgument`] for odd or zero sizes.
     pub fn new(channels: usize, height: usize, width: usize) -> Result<Self> {
-        if channels == 0 || height == 0 || width == 0 || height % 2 != 0 || width % 2 != 0 {
+        let size = channels.checked_mul(height).and_then(|v| v.checked_mul(width));
+        if size.is_none() || channels == 0 || height == 0 || width == 0 || height % 2 != 0 || width % 2 != 0 {
             return Err(Error::InvalidArgument {
                 op: "Squeeze::new",
                 reason: format!("needs positive channels and even height and width, got {channels}x{height}x{width}"),
@@ -84,5 +85,46 @@ impl Squeeze {
             }
         }
         Ok(())
+    }
+}
+
+impl<T: Real> crate::transform::Transform<T> for Squeeze {
+    fn kind(&self) -> &'static str {
+        "squeeze"
+    }
+    fn output_shape(&self, input: crate::shape::Shape) -> Result<crate::shape::Shape> {
+        let want = crate::shape::Shape::from(self.in_shape());
+        if input.fits(want) {
+            Ok(self.out_shape().into())
+        } else {
+            Err(crate::shape::shape_error("Squeeze::output_shape", want, input))
+        }
+    }
+    fn workspace(&self, max_batch: usize, par: faer::Par) -> Result<crate::transform::Workspace<T>> {
+        crate::transform::Workspace::new((), max_batch, par)
+    }
+    fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, _logdet: &mut [f64], ws: &mut crate::transform::Workspace<T>) -> Result<crate::transform::Tape> {
+        Squeeze::forward(self, x, y)?;
+        Ok(ws.record(x))
+    }
+    /// A permutation: the delta is permuted back, and there is no log-det term.
+    fn backward(
+        &self,
+        tape: crate::transform::Tape,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        dx: MatMut<'_, T>,
+        _grads: &mut crate::transform::Grads<T>,
+        ws: &mut crate::transform::Workspace<T>,
+        _lambda: T,
+    ) -> Result<f64> {
+        ws.consume(tape, x)?;
+        Squeeze::inverse(self, dy, dx).map(|_| 0.0)
+    }
+    fn inverse(&self, y: MatRef<'_, T>, x: MatMut<'_, T>, _ws: &mut crate::transform::Workspace<T>) -> Result<()> {
+        Squeeze::inverse(self, y, x)
+    }
+    fn spec(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "squeeze", "shape": self.in_shape()})
     }
 }
