@@ -57,7 +57,7 @@ fn bench_dtype<T: Real>(c: &mut Criterion, name: &str, ds: &[usize]) {
                 base.forward(x.as_ref(), z.as_mut(), &ews).unwrap();
                 zip!(dz.as_mut(), z.as_ref()).for_each(|unzip!(dz, z)| *dz = -*z);
                 base.backward(x.as_ref(), dz.as_ref(), dx.as_mut(), &mut eg, &mut ews).unwrap();
-                eadam.step(base.params_with_grads(&eg)).unwrap();
+                eadam.step(base.params_with_grads(&eg).unwrap()).unwrap();
             })
         });
 

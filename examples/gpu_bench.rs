@@ -27,7 +27,7 @@ fn main() -> Result<(), snf::Error> {
     }
 
     let mnist = Mnist::load(&Mnist::shipped_dir())?;
-    let mut flow = fc_two_layer::<f32, _>(true, &mut snf::init::rng(0))?;
+    let mut flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(0))?;
     let mut model = GpuFc::from_flow(&gpu, &flow, 100)?;
     model.upload_data(&mnist.train)?;
     let mut order = Vec::new();
@@ -38,7 +38,7 @@ fn main() -> Result<(), snf::Error> {
     let recon = model.train_epoch(&order, 100, cfg, |t| cfg.lr * (t as f64 / steps_per_epoch).min(1.0), 1.0, 0)?;
     let secs = t0.elapsed().as_secs_f64();
     model.write_to(&mut flow)?;
-    let mut ws = flow.workspace(100, Par::rayon(0), false);
+    let mut ws = flow.workspace(100, Par::rayon(0)).unwrap();
     let mut batch_buf = Mat::zeros(784, 100);
     let (nll, bpd) = snf::train::evaluate(&flow, &mnist.valid, 100, 0, &mut ws, &mut batch_buf)?;
     println!("FC 2-layer SNF, one MNIST epoch on the GPU (batch 100, one-epoch warm-up): {secs:.2} s, recon {recon:.3}, validation NLL {nll:.2} nats ({bpd:.4} bits/dim)");

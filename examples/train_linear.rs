@@ -106,7 +106,7 @@ fn main() -> Result<(), snf::Error> {
             base.forward(x.as_ref(), z.as_mut(), &ews)?;
             zip!(dz.as_mut(), z.as_ref()).for_each(|unzip!(dz, z)| *dz = -*z);
             base.backward(x.as_ref(), dz.as_ref(), dx.as_mut(), &mut gb, &mut ews)?;
-            adam_b.step(base.params_with_grads(&gb))?;
+            adam_b.step(base.params_with_grads(&gb)?)?;
             nb += 1;
         }
         if epoch == 1 || epoch % 5 == 0 || epoch == epochs {

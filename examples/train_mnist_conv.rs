@@ -19,7 +19,7 @@ fn run(name: &str, snf_model: bool, epochs: usize, mnist: &Mnist) -> Result<(), 
         angle_batches: if snf_model { 1 } else { 0 },
         ..Default::default()
     };
-    let flow = conv_nine_layer::<f32, _>(snf_model, &mut snf::init::rng(cfg.seed))?;
+    let flow = conv_nine_layer::<f32, _>(snf::data::mnist::SHAPE, if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(cfg.seed))?;
     let mut trainer = Trainer::new(flow, cfg, Par::rayon(0))?;
     println!("\n{name}: Conv 9-layer, batch {}, lr {}, warm-up {} epochs, lambda {:?}", cfg.batch, cfg.adam.lr, cfg.warmup_epochs, cfg.lambda);
     println!("epoch  val NLL (nats)  val bits/dim  train s/epoch  recon err  mean angle all / W (deg)  skipped");

@@ -14,7 +14,7 @@ use snf::train::{Geco, Lambda, TrainConfig, Trainer};
 
 fn run(name: &str, snf_model: bool, epochs: usize, mnist: &Mnist, lambda: Lambda, warmup_epochs: f64) -> Result<(), snf::Error> {
     let cfg = TrainConfig { epochs, angle_batches: if snf_model { 2 } else { 0 }, lambda, warmup_epochs, ..Default::default() };
-    let flow = fc_two_layer::<f32, _>(snf_model, &mut snf::init::rng(cfg.seed))?;
+    let flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(cfg.seed))?;
     let mut trainer = Trainer::new(flow, cfg, Par::rayon(0))?;
     println!("\n{name}: FC 2-layer, batch {}, lr {}, warm-up {} epochs, lambda {:?}", cfg.batch, cfg.adam.lr, cfg.warmup_epochs, cfg.lambda);
     println!("epoch  val NLL (nats)  val bits/dim  train s/epoch  recon err  angle L1 all / W (deg)  angle L2 all / W (deg)  skipped");

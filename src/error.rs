@@ -60,6 +60,15 @@ pub enum Error {
     /// Reading or writing a checkpoint failed (see [`CheckpointError`]).
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A training setting is out of its range ([`TrainConfig::validate`](crate::train::TrainConfig::validate)).
+    #[error("invalid training configuration: {field} {reason}")]
+    InvalidConfig {
+        /// The setting (`lr`, `batch`, `epochs`, `lambda`, `geco_target`, `geco_rate`,
+        /// `geco_bounds`, `geco_ema`, `clip_norm`, `warmup_epochs`, `max_reconstruction_error`).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A backward pass was given a [`Tape`](crate::transform::Tape) that does not belong to
     /// the last forward pass of its workspace, or an input other than that pass's.
     #[error("backward: stale tape: {reason}")]

@@ -14,11 +14,12 @@ use snf::{CheckpointError, Error};
 fn same_params<A: snf::Real, B: snf::Real>(a: &Flow<A>, b: &Flow<B>) -> bool {
     a.layers().len() == b.layers().len()
         && a.layers().iter().zip(b.layers()).all(|(la, lb)| {
-            let (pa, pb) = (la.named_params(), lb.named_params());
-            la.name() == lb.name()
+            let (pa, pb) = (la.params(), lb.params());
+            la.kind() == lb.kind()
                 && pa.len() == pb.len()
-                && pa.iter().zip(&pb).all(|((na, ma), (nb, mb))| {
-                    na == nb
+                && pa.iter().zip(&pb).all(|(a, b)| {
+                    let (ma, mb) = (a.value, b.value);
+                    a.name == b.name
                         && ma.nrows() == mb.nrows()
                         && ma.ncols() == mb.ncols()
                         && (0..ma.ncols()).all(|j| (0..ma.nrows()).all(|i| ma[(i, j)].as_f64().to_bits() == mb[(i, j)].as_f64().to_bits()))
@@ -29,8 +30,8 @@ fn same_params<A: snf::Real, B: snf::Real>(a: &Flow<A>, b: &Flow<B>) -> bool {
 #[test]
 fn every_layer_kind_round_trips_bit_for_bit() {
     for snf_layers in [true, false] {
-        let fc = fc_two_layer::<f32, _>(snf_layers, &mut snf::init::rng(1)).unwrap();
-        let conv = conv_nine_layer::<f64, _>(snf_layers, &mut snf::init::rng(2)).unwrap();
+        let fc = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, if snf_layers { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(1)).unwrap();
+        let conv = conv_nine_layer::<f64, _>(snf::data::mnist::SHAPE, if snf_layers { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(2)).unwrap();
         let ck = Checkpoint::new(fc).unwrap();
         let back = Checkpoint::<f32>::from_bytes(&ck.to_bytes().unwrap(), "t").unwrap();
         assert!(same_params(&ck.flow, &back.flow));
@@ -41,10 +42,10 @@ fn every_layer_kind_round_trips_bit_for_bit() {
         // the rebuilt flow computes the same function (same kinds, configs, parameters)
         let x = Mat::from_fn(784, 2, |i, j| ((i * 7 + j * 13) % 256) as f64 + 0.5);
         let (mut a, mut b) = ([0.0; 2], [0.0; 2]);
-        let mut wa = ck.flow.workspace(2, Par::Seq, false);
-        let mut wb = back.flow.workspace(2, Par::Seq, false);
-        ck.flow.log_prob(x.as_ref(), ck.static_log_det, &mut wa, &mut a).unwrap();
-        back.flow.log_prob(x.as_ref(), back.static_log_det, &mut wb, &mut b).unwrap();
+        let mut wa = ck.flow.workspace(2, Par::Seq).unwrap();
+        let mut wb = back.flow.workspace(2, Par::Seq).unwrap();
+        ck.flow.log_prob_given(x.as_ref(), ck.static_log_det, &mut wa, &mut a).unwrap();
+        back.flow.log_prob_given(x.as_ref(), back.static_log_det, &mut wb, &mut b).unwrap();
         assert_eq!(a, b);
         // and its cached log-det is the one a fresh LU gives
         assert!((back.flow.static_log_det(&mut wb).unwrap() - back.static_log_det).abs() <= 1e-9 * back.static_log_det.abs().max(1.0));
@@ -53,7 +54,7 @@ fn every_layer_kind_round_trips_bit_for_bit() {
 
 #[test]
 fn f32_checkpoints_load_as_f64_exactly() {
-    let fc = fc_two_layer::<f32, _>(true, &mut snf::init::rng(4)).unwrap();
+    let fc = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(4)).unwrap();
     let ck = Checkpoint::new(fc).unwrap();
     let bytes = ck.to_bytes().unwrap();
     assert_eq!(snf::checkpoint::stored_dtype(&bytes, "t").unwrap(), "f32");
@@ -80,7 +81,7 @@ fn resuming_from_a_checkpoint_is_bit_identical() {
         angle_batches: 1,
         ..Default::default()
     };
-    let fresh = || fc_two_layer::<f32, _>(true, &mut snf::init::rng(5)).unwrap();
+    let fresh = || fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(5)).unwrap();
     let mut straight = Trainer::new(fresh(), cfg, Par::rayon(2)).unwrap();
     for _ in 0..3 {
         straight.epoch(&m.train, &m.valid).unwrap();
@@ -112,7 +113,7 @@ fn resuming_from_a_checkpoint_is_bit_identical() {
 }
 
 fn sample_bytes() -> Vec<u8> {
-    let fc = fc_two_layer::<f32, _>(true, &mut snf::init::rng(6)).unwrap();
+    let fc = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(6)).unwrap();
     Checkpoint::new(fc).unwrap().with_meta(serde_json::json!({"note": "test"})).to_bytes().unwrap()
 }
 

@@ -62,7 +62,11 @@ fn load(p: &Path) -> Checkpoint<f32> {
 }
 
 fn params_bits(c: &Checkpoint<f32>) -> Vec<u32> {
-    c.flow.layers().iter().flat_map(|l| l.named_params()).flat_map(|(_, m)| (0..m.ncols()).flat_map(move |j| (0..m.nrows()).map(move |i| m[(i, j)].to_bits()))).collect()
+    c.flow.layers().iter().flat_map(|l| l.params()).flat_map(|p| {
+        let m = p.value;
+        (0..m.ncols()).flat_map(move |j| (0..m.nrows()).map(move |i| m[(i, j)].to_bits()))
+    })
+    .collect()
 }
 
 #[test]
@@ -211,7 +215,7 @@ fn bad_arguments_and_files_give_one_error_line() {
     fails(&["eval", &format!("{d}/missing.safetensors")]);
     fails(&["eval", &d]);
     // corrupt and truncated checkpoints
-    let fc = snf::flow::models::fc_two_layer::<f32, _>(true, &mut snf::init::rng(0)).unwrap();
+    let fc = snf::flow::models::fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(0)).unwrap();
     let good = Checkpoint::new(fc).unwrap().to_bytes().unwrap();
     let mut flipped = good.clone();
     let k = flipped.len() - 100;

@@ -38,11 +38,11 @@ fn without_a_gpu_the_backend_reports_a_typed_error() {
 #[test]
 fn gpu_gradients_match_the_cpu() {
     let Some(gpu) = gpu_or_skip("gpu_gradients_match_the_cpu") else { return };
-    let flow = fc_two_layer::<f32, _>(true, &mut snf::init::rng(3)).unwrap();
+    let flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(3)).unwrap();
     let b = 32;
     let x = Mat::from_fn(784, b, |i, j| ((i * 37 + j * 101) % 256) as f32 + 0.5);
     let mut cpu = flow.zero_grads();
-    let mut ws = flow.workspace(b, Par::Seq, false);
+    let mut ws = flow.workspace(b, Par::Seq).unwrap();
     let stats = flow.gradients(x.as_ref(), &mut cpu, &mut ws, 1.0).unwrap();
     let mut model = GpuFc::from_flow(&gpu, &flow, b).unwrap();
     let (g, recon) = model.gradients(x.as_ref(), 1.0).unwrap();
@@ -62,7 +62,7 @@ fn gpu_training_writes_back_a_trained_flow() {
     let Some(gpu) = gpu_or_skip("gpu_training_writes_back_a_trained_flow") else { return };
     let mnist = snf::data::mnist::Mnist::load(&snf::data::mnist::Mnist::shipped_dir()).unwrap();
     let train = mnist.train.head(1000);
-    let mut flow = fc_two_layer::<f32, _>(true, &mut snf::init::rng(4)).unwrap();
+    let mut flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(4)).unwrap();
     let before = flow.clone();
     let mut model = GpuFc::from_flow(&gpu, &flow, 100).unwrap();
     model.upload_data(&train).unwrap();
@@ -71,7 +71,7 @@ fn gpu_training_writes_back_a_trained_flow() {
     let recon = model.train_epoch(&order, 100, cfg, |_| 1e-3, 1.0, 0).unwrap();
     assert!(recon.is_finite());
     model.write_to(&mut flow).unwrap();
-    let w0 = before.layers()[1].named_params()[0].1.to_owned();
-    let w1 = flow.layers()[1].named_params()[0].1.to_owned();
+    let w0 = before.layers()[1].params()[0].1.to_owned();
+    let w1 = flow.layers()[1].params()[0].1.to_owned();
     assert!((&w1 - &w0).norm_l2() > 1e-4, "parameters moved");
 }

@@ -8,8 +8,15 @@ use common::{gaussian, rng};
 use faer::{Mat, Par};
 use nalgebra::{DMatrix, DVector};
 use snf::activation::{ScalarBijection, SmoothLeakyRelu};
-use snf::flow::{Flow, Layer, LayerGrads, Preprocess};
-use snf::layers::linear::{ExactLinear, SelfNormLinear};
+use snf::flow::{Flow, Inverse, Preprocess};
+use snf::layers::linear::{ExactLinear, ExactLinearGrads, LinearGrads, SelfNormLinear};
+use snf::transform::Transform;
+use snf::Shape;
+
+/// Box a transform for `Flow::new`.
+fn bx<L: Transform<f64>>(l: L) -> Box<dyn Transform<f64>> {
+    Box::new(l)
+}
 
 const LN_2PI: f64 = 1.8378770664093453;
 
@@ -80,12 +87,12 @@ fn log_prob_matches_a_dense_jacobian() {
         b: vec![common::to_na(l1.bias().unwrap()).column(0).into(), common::to_na(l2.bias().unwrap()).column(0).into()],
         alpha: 1e-6,
     };
-    let flow = Flow::new(d, vec![Layer::Preprocess(Preprocess::new(1e-6).unwrap()), Layer::Linear(l1), Layer::SmoothLeakyRelu(slr()), Layer::Linear(l2)]).unwrap();
+    let flow = Flow::new(Shape::flat(d), vec![bx(Preprocess::new(1e-6).unwrap()), bx(l1), bx(slr()), bx(l2)]).unwrap();
     let y = pixels(d, 4, 7);
-    let mut ws = flow.workspace(4, Par::Seq, false);
+    let mut ws = flow.workspace(4, Par::Seq).unwrap();
     let sld = flow.static_log_det(&mut ws).unwrap();
     let mut lp = vec![0.0; 4];
-    flow.log_prob(y.as_ref(), sld, &mut ws, &mut lp).unwrap();
+    flow.log_prob_given(y.as_ref(), sld, &mut ws, &mut lp).unwrap();
     for j in 0..4 {
         let want = oracle.log_prob(&common::to_na(y.as_ref()).column(j).into());
         assert!((lp[j] - want).abs() < 1e-5, "column {j}: {} vs brute force {want}", lp[j]);
@@ -104,21 +111,21 @@ fn exact_baseline_gradients_match_finite_differences() {
     let w1 = common::well_conditioned(d, 0.4, &mut rng(12));
     let w2 = common::well_conditioned(d, 0.4, &mut rng(13));
     let (b1, b2) = (gaussian(d, 1, 0.1, &mut rng(14)), gaussian(d, 1, 0.1, &mut rng(15)));
-    let mut flow = Flow::new(d, vec![Layer::Preprocess(Preprocess::new(1e-6).unwrap()), Layer::ExactLinear(l1), Layer::SmoothLeakyRelu(slr()), Layer::ExactLinear(l2)]).unwrap();
+    let mut flow = Flow::new(Shape::flat(d), vec![bx(Preprocess::new(1e-6).unwrap()), bx(l1), bx(slr()), bx(l2)]).unwrap();
     // set the parameters through the optimiser-facing API: params_with_grads gives &mut
     {
         let layers = flow.layers_mut();
         for (k, (w, b)) in [(1usize, (&w1, &b1)), (3, (&w2, &b2))] {
-            if let Layer::ExactLinear(l) = &mut layers[k] {
+            if let Some(l) = (&mut *layers[k] as &mut dyn std::any::Any).downcast_mut::<ExactLinear<f64>>() {
                 let zg = l.zero_grads();
-                let mut it = l.params_with_grads(&zg);
+                let mut it = l.params_with_grads(&zg).unwrap();
                 it.next().unwrap().0.copy_from(w.as_ref());
                 it.next().unwrap().0.copy_from(b.as_ref());
             }
         }
     }
     let y = pixels(d, 3, 16);
-    let mut ws = flow.workspace(3, Par::Seq, false);
+    let mut ws = flow.workspace(3, Par::Seq).unwrap();
     let mut grads = flow.zero_grads();
     flow.gradients(y.as_ref(), &mut grads, &mut ws, 1.0).unwrap();
     let yn = common::to_na(y.as_ref());
@@ -132,7 +139,7 @@ fn exact_baseline_gradients_match_finite_differences() {
     let h = 1e-3;
     let fd_w1 = common::central_diff(&w1n, h, |w| loss(w, &b1n, &w2n, &b2n));
     let fd_b2 = common::central_diff(&b2n, h, |b| loss(&w1n, &b1n, &w2n, b));
-    let (LayerGrads::ExactLinear(g1), LayerGrads::ExactLinear(g2)) = (&grads.layers[1], &grads.layers[3]) else { panic!() };
+    let (g1, g2) = (grads.layers[1].downcast_ref::<ExactLinearGrads<f64>>().unwrap(), grads.layers[3].downcast_ref::<ExactLinearGrads<f64>>().unwrap());
     assert!(common::max_abs_diff(g1.w.as_ref(), common::from_na(&fd_w1).as_ref()) < 1e-4);
     assert!(common::max_abs_diff(g2.b.as_ref().unwrap().as_ref(), common::from_na(&fd_b2).as_ref()) < 1e-4);
 }
@@ -146,9 +153,9 @@ fn exact_eq3_gradients_of_a_snf_flow_match_finite_differences() {
     let d = 4;
     let lambda = 0.7;
     let (l1, l2) = (snf_linear(d, 0.4, 0.2, 21), snf_linear(d, 0.4, 0.2, 24));
-    let flow = Flow::new(d, vec![Layer::Linear(l1.clone()), Layer::SmoothLeakyRelu(slr()), Layer::Linear(l2.clone())]).unwrap();
+    let flow = Flow::new(Shape::flat(d), vec![bx(l1.clone()), bx(slr()), bx(l2.clone())]).unwrap();
     let x = gaussian(d, 3, 1.0, &mut rng(27));
-    let mut ws = flow.workspace(3, Par::Seq, true);
+    let mut ws = flow.exact_workspace(3, Par::Seq).unwrap();
     let mut grads = flow.zero_grads();
     flow.exact_gradients(x.as_ref(), &mut grads, &mut ws, lambda).unwrap();
     let xn = common::to_na(x.as_ref());
@@ -194,7 +201,7 @@ fn exact_eq3_gradients_of_a_snf_flow_match_finite_differences() {
         }
         -total / 3.0
     };
-    let (LayerGrads::Linear(g1), LayerGrads::Linear(g2)) = (&grads.layers[0], &grads.layers[2]) else { panic!() };
+    let (g1, g2) = (grads.layers[0].downcast_ref::<LinearGrads<f64>>().unwrap(), grads.layers[2].downcast_ref::<LinearGrads<f64>>().unwrap());
     let analytic = [g1.w(), g1.r(), g1.b().unwrap(), g2.w(), g2.r(), g2.b().unwrap()];
     for (k, a) in analytic.iter().enumerate() {
         let fd = common::central_diff(&p0[k], 1e-3, |m| {
@@ -216,9 +223,9 @@ fn snf_sweep_matches_layer_by_layer_backward() {
     use snf::layers::linear::LinearWorkspace;
     let d = 5;
     let (l1, l2) = (snf_linear(d, 0.3, 0.1, 31), snf_linear(d, 0.3, 0.1, 34));
-    let flow = Flow::new(d, vec![Layer::Linear(l1.clone()), Layer::SmoothLeakyRelu(slr()), Layer::Linear(l2.clone())]).unwrap();
+    let flow = Flow::new(Shape::flat(d), vec![bx(l1.clone()), bx(slr()), bx(l2.clone())]).unwrap();
     let x = gaussian(d, 4, 1.0, &mut rng(37));
-    let mut ws = flow.workspace(4, Par::Seq, false);
+    let mut ws = flow.workspace(4, Par::Seq).unwrap();
     let mut grads = flow.zero_grads();
     let stats = flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.3).unwrap();
     // by hand
@@ -233,7 +240,7 @@ fn snf_sweep_matches_layer_by_layer_backward() {
     let s2 = l2.backward(a1.as_ref(), dz.as_ref(), da1.as_mut(), &mut g2, &mut w2, 1.3).unwrap();
     snf::activation::backward(&slr(), h1.as_ref(), da1.as_ref(), dh1.as_mut(), Par::Seq).unwrap();
     let s1 = l1.backward(x.as_ref(), dh1.as_ref(), dx.as_mut(), &mut g1, &mut w1, 1.3).unwrap();
-    let (LayerGrads::Linear(f1), LayerGrads::Linear(f2)) = (&grads.layers[0], &grads.layers[2]) else { panic!() };
+    let (f1, f2) = (grads.layers[0].downcast_ref::<LinearGrads<f64>>().unwrap(), grads.layers[2].downcast_ref::<LinearGrads<f64>>().unwrap());
     assert_eq!(f1, &g1);
     assert_eq!(f2, &g2);
     assert!((stats.reconstruction_error - s1.reconstruction_error - s2.reconstruction_error).abs() < 1e-15);
@@ -246,34 +253,26 @@ fn inverses_round_trip() {
     let d = 6;
     for (e, learned_exact) in [(0.0, true), (0.05, false)] {
         let (l1, l2) = (snf_linear(d, 0.3, e, 41), snf_linear(d, 0.3, e, 44));
-        let flow = Flow::new(d, vec![Layer::Preprocess(Preprocess::new(1e-6).unwrap()), Layer::Linear(l1), Layer::SmoothLeakyRelu(slr()), Layer::Linear(l2)]).unwrap();
+        let flow = Flow::new(Shape::flat(d), vec![bx(Preprocess::new(1e-6).unwrap()), bx(l1), bx(slr()), bx(l2)]).unwrap();
         let y = pixels(d, 3, 47);
-        let mut ws = flow.workspace(3, Par::Seq, false);
+        let mut ws = flow.workspace(3, Par::Seq).unwrap();
+        // z = f(y) through the public forward pass, with its log-det
+        let (mut z, mut ld) = (Mat::zeros(d, 3), vec![0.0; 3]);
+        flow.forward(y.as_ref(), z.as_mut(), &mut ld, &mut ws).unwrap();
         let mut lp = vec![0.0; 3];
-        flow.log_prob(y.as_ref(), 0.0, &mut ws, &mut lp).unwrap();
-        // z = f(y): recompute through a second forward to get z
-        let mut z = Mat::zeros(d, 3);
-        let mut tmp = flow.workspace(3, Par::Seq, false);
-        let mut back = Mat::zeros(d, 3);
-        {
-            // forward by log_prob leaves z as the last activation; reach it through inverse of inverse
-            let mut zz = Mat::zeros(d, 3);
-            let layers = flow.layers();
-            let mut cur = y.clone();
-            for l in layers {
-                let mut next = Mat::zeros(d, 3);
-                let mut lws = l.workspace(3, Par::Seq, false);
-                l.forward(cur.as_ref(), next.as_mut(), &mut lws, &mut [0.0; 3]).unwrap();
-                cur = next;
-            }
-            zz.copy_from(cur.as_ref());
-            z.copy_from(zz.as_ref());
+        flow.log_prob(y.as_ref(), &mut ws, &mut lp).unwrap();
+        for j in 0..3 {
+            // log p(y) = log N(z) + log|det J|: the forward pass's log-det is the full one
+            let want = -0.5 * (0..d).map(|i| z[(i, j)] * z[(i, j)]).sum::<f64>() - 0.5 * d as f64 * LN_2PI + ld[j];
+            assert!((lp[j] - want).abs() < 1e-9 * want.abs().max(1.0), "forward log-det vs log_prob");
         }
-        flow.inverse(z.as_ref(), back.as_mut(), &mut tmp, false).unwrap();
+        let mut tmp = flow.workspace(3, Par::Seq).unwrap();
+        let mut back = Mat::zeros(d, 3);
+        flow.inverse(z.as_ref(), back.as_mut(), &mut tmp, Inverse::Exact).unwrap();
         // preprocessing maps (0, 256) to logits of size ~20 at alpha = 1e-6; cond of the
         // layers < 10: round trip to ~1e-10 in pixel units
         assert!(common::max_abs_diff(back.as_ref(), y.as_ref()) < 1e-8, "exact inverse");
-        flow.inverse(z.as_ref(), back.as_mut(), &mut tmp, true).unwrap();
+        flow.inverse(z.as_ref(), back.as_mut(), &mut tmp, Inverse::Learned).unwrap();
         let err = common::max_abs_diff(back.as_ref(), y.as_ref());
         if learned_exact {
             assert!(err < 1e-8, "learned inverse with R = W^-1: {err:e}");
@@ -286,21 +285,21 @@ fn inverses_round_trip() {
 #[test]
 fn construction_errors_are_typed() {
     let l = snf_linear(4, 0.3, 0.0, 51);
-    assert!(Flow::<f64>::new(4, vec![]).is_err());
-    assert!(Flow::new(5, vec![Layer::Linear(l.clone())]).is_err());
+    assert!(Flow::<f64>::new(Shape::flat(4), vec![]).is_err());
+    assert!(Flow::new(Shape::flat(5), vec![bx(l.clone())]).is_err());
     assert!(Preprocess::new(0.5).is_err() && Preprocess::new(-0.1).is_err());
-    let flow = Flow::new(4, vec![Layer::Linear(l)]).unwrap();
-    let mut ws = flow.workspace(2, Par::Seq, false);
+    let flow = Flow::new(Shape::flat(4), vec![bx(l)]).unwrap();
+    let mut ws = flow.workspace(2, Par::Seq).unwrap();
     let mut grads = flow.zero_grads();
     // batch too large, wrong dimension, no exact buffers
     assert!(flow.gradients(Mat::<f64>::zeros(4, 3).as_ref(), &mut grads, &mut ws, 1.0).is_err());
     assert!(flow.gradients(Mat::<f64>::zeros(3, 2).as_ref(), &mut grads, &mut ws, 1.0).is_err());
     assert!(flow.exact_gradients(Mat::<f64>::zeros(4, 2).as_ref(), &mut grads, &mut ws, 1.0).is_err());
     // preprocessing rejects values outside (0, 256)
-    let p = Flow::new(4, vec![Layer::<f64>::Preprocess(Preprocess::new(0.0).unwrap())]).unwrap();
-    let mut pws = p.workspace(1, Par::Seq, false);
+    let p = Flow::new(Shape::flat(4), vec![bx(Preprocess::new(0.0).unwrap())]).unwrap();
+    let mut pws = p.workspace(1, Par::Seq).unwrap();
     let bad = Mat::from_fn(4, 1, |i, _| if i == 0 { 256.0 } else { 3.0 });
-    assert!(p.log_prob(bad.as_ref(), 0.0, &mut pws, &mut [0.0]).is_err());
+    assert!(p.log_prob(bad.as_ref(), &mut pws, &mut [0.0]).is_err());
 }
 
 /// Squeeze: the index map on a labelled 2x4x4 image (Glow's channel order), the inverse,
@@ -337,27 +336,27 @@ fn squeeze_permutes_and_passes_gradients() {
     let mut g = rng(61);
     let l1 = ExactLinear::<f64>::new(d, true, &mut g).unwrap();
     let l2 = ExactLinear::<f64>::new(d, true, &mut g).unwrap();
-    let mut flow = Flow::new(d, vec![Layer::ExactLinear(l1), Layer::SmoothLeakyRelu(slr()), Layer::Squeeze(Squeeze::new(1, 4, 4).unwrap()), Layer::ExactLinear(l2)]).unwrap();
+    let mut flow = Flow::new(Shape::flat(d), vec![bx(l1), bx(slr()), bx(Squeeze::new(1, 4, 4).unwrap()), bx(l2)]).unwrap();
     let w = common::well_conditioned(d, 0.4, &mut rng(62));
-    if let Layer::ExactLinear(l) = &mut flow.layers_mut()[0] {
+    if let Some(l) = flow.layer_mut::<ExactLinear<f64>>(0) {
         let zg = l.zero_grads();
-        l.params_with_grads(&zg).next().unwrap().0.copy_from(w.as_ref());
+        l.params_with_grads(&zg).unwrap().next().unwrap().0.copy_from(w.as_ref());
     }
     let x = gaussian(d, 3, 1.0, &mut rng(63));
-    let mut ws = flow.workspace(3, Par::Seq, false);
+    let mut ws = flow.workspace(3, Par::Seq).unwrap();
     let mut grads = flow.zero_grads();
     flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap();
-    let LayerGrads::ExactLinear(g1) = &grads.layers[0] else { panic!() };
+    let g1 = grads.layers[0].downcast_ref::<ExactLinearGrads<f64>>().unwrap();
     let loss = |w: &DMatrix<f64>| {
         let mut f2 = flow.clone();
-        if let Layer::ExactLinear(l) = &mut f2.layers_mut()[0] {
+        if let Some(l) = f2.layer_mut::<ExactLinear<f64>>(0) {
             let zg = l.zero_grads();
-            l.params_with_grads(&zg).next().unwrap().0.copy_from(common::from_na(w).as_ref());
+            l.params_with_grads(&zg).unwrap().next().unwrap().0.copy_from(common::from_na(w).as_ref());
         }
-        let mut ws = f2.workspace(3, Par::Seq, false);
+        let mut ws = f2.workspace(3, Par::Seq).unwrap();
         let sld = f2.static_log_det(&mut ws).unwrap();
         let mut lp = vec![0.0; 3];
-        f2.log_prob(x.as_ref(), sld, &mut ws, &mut lp).unwrap();
+        f2.log_prob_given(x.as_ref(), sld, &mut ws, &mut lp).unwrap();
         -lp.iter().sum::<f64>() / 3.0
     };
     let fd = common::central_diff(&common::to_na(w.as_ref()), 1e-5, loss);
@@ -370,11 +369,11 @@ fn squeeze_permutes_and_passes_gradients() {
 #[test]
 fn samples_map_back_to_their_base_draws() {
     let d = 6;
-    let flow = Flow::new(d, vec![Layer::Preprocess(Preprocess::new(1e-6).unwrap()), Layer::Linear(snf_linear(d, 0.3, 0.0, 71)), Layer::SmoothLeakyRelu(slr()), Layer::Linear(snf_linear(d, 0.3, 0.0, 74))]).unwrap();
-    let mut ws = flow.workspace(5, Par::Seq, false);
+    let flow = Flow::new(Shape::flat(d), vec![bx(Preprocess::new(1e-6).unwrap()), bx(snf_linear(d, 0.3, 0.0, 71)), bx(slr()), bx(snf_linear(d, 0.3, 0.0, 74))]).unwrap();
+    let mut ws = flow.workspace(5, Par::Seq).unwrap();
     let (mut a, mut b) = (Mat::zeros(d, 5), Mat::zeros(d, 5));
-    flow.sample(&mut rng(77), a.as_mut(), &mut ws, false).unwrap();
-    flow.sample(&mut rng(77), b.as_mut(), &mut ws, true).unwrap();
+    flow.sample(&mut rng(77), a.as_mut(), &mut ws, Inverse::Exact).unwrap();
+    flow.sample(&mut rng(77), b.as_mut(), &mut ws, Inverse::Learned).unwrap();
     assert!(common::max_abs_diff(a.as_ref(), b.as_ref()) < 1e-8);
     assert!((0..5).all(|j| (0..d).all(|i| a[(i, j)] > -1e-6 && a[(i, j)] < 256.0 + 1e-6)), "pixel range");
 }
@@ -395,20 +394,20 @@ fn spline_layer_gradients_and_the_conv_model() {
         Mat::from_fn(cfg.bins - 1, d, |_, _| cfg.unit_derivative_param() + 0.3),
     )
     .unwrap();
-    let flow = Flow::new(d, vec![Layer::ExactLinear(ExactLinear::<f64>::new(d, true, &mut g).unwrap()), Layer::Spline(sp.clone()), Layer::ExactLinear(ExactLinear::new(d, true, &mut g).unwrap())]).unwrap();
+    let flow = Flow::new(Shape::flat(d), vec![bx(ExactLinear::<f64>::new(d, true, &mut g).unwrap()), bx(sp.clone()), bx(ExactLinear::new(d, true, &mut g).unwrap())]).unwrap();
     let x = gaussian(d, 4, 2.0, &mut rng(84));
-    let mut ws = flow.workspace(4, Par::Seq, false);
+    let mut ws = flow.workspace(4, Par::Seq).unwrap();
     let mut grads = flow.zero_grads();
     flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap();
-    let LayerGrads::Spline(gs) = &grads.layers[1] else { panic!() };
+    let gs = grads.layers[1].downcast_ref::<snf::activation::SplineGrads<f64>>().unwrap();
     let loss = |h: &Mat<f64>| {
         let s2 = SplineActivation::from_parts(cfg, sp_w(&sp), h.clone(), sp_d(&sp)).unwrap();
         let mut f2 = flow.clone();
-        f2.layers_mut()[1] = Layer::Spline(s2);
-        let mut ws = f2.workspace(4, Par::Seq, false);
+        f2.layers_mut()[1] = bx(s2);
+        let mut ws = f2.workspace(4, Par::Seq).unwrap();
         let sld = f2.static_log_det(&mut ws).unwrap();
         let mut lp = vec![0.0; 4];
-        f2.log_prob(x.as_ref(), sld, &mut ws, &mut lp).unwrap();
+        f2.log_prob_given(x.as_ref(), sld, &mut ws, &mut lp).unwrap();
         -lp.iter().sum::<f64>() / 4.0
     };
     let h0 = sp_h(&sp);
@@ -416,8 +415,8 @@ fn spline_layer_gradients_and_the_conv_model() {
     assert!(common::max_abs_diff(gs.h.as_ref(), common::from_na(&fd).as_ref()) < 1e-6);
     assert!(common::max_abs(gs.h.as_ref()) > 1e-4);
 
-    let conv = snf::flow::models::conv_nine_layer::<f32, _>(true, &mut rng(85)).unwrap();
-    let names: Vec<&str> = conv.layers().iter().map(|l| l.name()).collect();
+    let conv = snf::flow::models::conv_nine_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut rng(85)).unwrap();
+    let names: Vec<&str> = conv.layers().iter().map(|l| l.kind()).collect();
     assert_eq!(names.iter().filter(|n| **n == "snf-conv").count(), 9);
     assert_eq!(names.iter().filter(|n| **n == "spline").count(), 8);
     assert_eq!(names.iter().filter(|n| **n == "squeeze").count(), 2);

@@ -129,7 +129,7 @@ fn exact_linear_baseline_matches_finite_differences() {
     let mut ws = ExactLinearWorkspace::new(d, 9, Par::Seq);
     let mut grads = layer.zero_grads();
     // one plain step of "learning" to set W := w2 and a nonzero bias via params_with_grads
-    for (mut p, _) in layer.params_with_grads(&grads.clone()) {
+    for (mut p, _) in layer.params_with_grads(&grads.clone()).unwrap() {
         let src = if p.ncols() == d { w2.clone() } else { gaussian(d, 1, 0.5, &mut g) };
         p.copy_from(src.as_ref());
     }
@@ -141,7 +141,7 @@ fn exact_linear_baseline_matches_finite_differences() {
     let w = to_na(layer.w());
     let xb = to_na(x.as_ref());
     let mut bias = None;
-    for (p, _) in layer.params_with_grads(&grads.clone()) {
+    for (p, _) in layer.params_with_grads(&grads.clone()).unwrap() {
         if p.ncols() == 1 {
             bias = Some(to_na(p.rb()));
         }

@@ -76,7 +76,7 @@ fn steps(par: Par) -> (usize, usize) {
             base.forward(x.as_ref(), z.as_mut(), &ews).unwrap();
             faer::zip!(dz.as_mut(), z.as_ref()).for_each(|faer::unzip!(dz, z)| *dz = -*z);
             base.backward(x.as_ref(), dz.as_ref(), dx.as_mut(), &mut eg, &mut ews).unwrap();
-            eadam.step(base.params_with_grads(&eg)).unwrap();
+            eadam.step(base.params_with_grads(&eg).unwrap()).unwrap();
         }
     };
     exact_steps(20);

@@ -18,7 +18,7 @@ fn short_training_lowers_validation_nll_for_both_twins() {
     let m = small_mnist();
     for snf_model in [true, false] {
         let cfg = TrainConfig { epochs: 2, batch: 100, adam: AdamConfig { lr: 1e-3, ..Default::default() }, warmup_epochs: 0.5, angle_batches: 1, ..Default::default() };
-        let flow = fc_two_layer::<f32, _>(snf_model, &mut snf::init::rng(3)).unwrap();
+        let flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(3)).unwrap();
         let mut t = Trainer::new(flow, cfg, Par::rayon(2)).unwrap();
         let (before, _) = t.evaluate(&m.valid).unwrap();
         let r1 = t.epoch(&m.train, &m.valid).unwrap();
@@ -44,7 +44,7 @@ fn training_is_deterministic_under_a_seed() {
     let m = small_mnist();
     let run = || {
         let cfg = TrainConfig { epochs: 1, angle_batches: 0, adam: AdamConfig { lr: 1e-3, ..Default::default() }, ..Default::default() };
-        let flow = fc_two_layer::<f64, _>(true, &mut snf::init::rng(5)).unwrap();
+        let flow = fc_two_layer::<f64, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(5)).unwrap();
         let mut t = Trainer::new(flow, cfg, Par::Seq).unwrap();
         t.epoch(&m.train, &m.valid).unwrap().val_nll
     };
@@ -70,35 +70,64 @@ fn geco_moves_lambda_both_ways_and_divergence_is_reported() {
 
     // a divergence threshold below any achievable error stops training with an error
     let m = small_mnist();
-    let cfg = TrainConfig { epochs: 1, angle_batches: 0, max_reconstruction_error: 0.0, ..Default::default() };
-    let flow = fc_two_layer::<f32, _>(true, &mut snf::init::rng(1)).unwrap();
+    let cfg = TrainConfig { epochs: 1, angle_batches: 0, max_reconstruction_error: 1e-30, ..Default::default() };
+    let flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(1)).unwrap();
     let mut t = Trainer::new(flow, cfg, Par::Seq).unwrap();
     let err = t.epoch(&m.train, &m.valid).unwrap_err();
     assert!(err.to_string().contains("diverged"), "{err}");
-    assert!(Trainer::new(fc_two_layer::<f32, _>(true, &mut snf::init::rng(1)).unwrap(), TrainConfig { batch: 0, ..Default::default() }, Par::Seq).is_err());
+    assert!(Trainer::new(fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(1)).unwrap(), TrainConfig { batch: 0, ..Default::default() }, Par::Seq).is_err());
+}
+
+/// Settings the CLI rejects are rejected by the library too, once, naming the setting
+/// (a negative clip norm used to train uphill; a NaN threshold turned the guard off).
+#[test]
+fn the_library_validates_the_training_configuration() {
+    use snf::Error;
+    let d = TrainConfig::default();
+    let mut geco = Geco::new(4.0, 1.0);
+    let bad = [
+        ("clip_norm", TrainConfig { clip_norm: Some(-1.0), ..d }),
+        ("lambda", TrainConfig { lambda: Lambda::Fixed(-1.0), ..d }),
+        ("lambda", TrainConfig { lambda: Lambda::Fixed(f64::NAN), ..d }),
+        ("geco_target", TrainConfig { lambda: Lambda::Geco(Geco::new(f64::NAN, 1.0)), ..d }),
+        ("geco_target", TrainConfig { lambda: Lambda::Geco(Geco::new(-4.0, 1.0)), ..d }),
+        ("geco_rate", TrainConfig { lambda: Lambda::Geco({ geco.rate = 0.0; geco }), ..d }),
+        ("warmup_epochs", TrainConfig { warmup_epochs: f64::NAN, ..d }),
+        ("warmup_epochs", TrainConfig { warmup_epochs: -5.0, ..d }),
+        ("max_reconstruction_error", TrainConfig { max_reconstruction_error: f64::NAN, ..d }),
+        ("epochs", TrainConfig { epochs: 0, ..d }),
+        ("batch", TrainConfig { batch: 0, ..d }),
+        ("lr", TrainConfig { adam: snf::optim::AdamConfig { lr: f64::INFINITY, ..d.adam }, ..d }),
+    ];
+    for (want, cfg) in bad {
+        match cfg.validate() {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, want),
+            other => panic!("{want}: {other:?}"),
+        }
+        let flow = fc_two_layer::<f32, _>(snf::Shape::flat(4), snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(1)).unwrap();
+        assert!(Trainer::new(flow, cfg, Par::Seq).is_err(), "{want}");
+    }
+    assert!(d.validate().is_ok());
 }
 
 /// A step whose loss or gradients are not finite is skipped and counted, and leaves the
 /// parameters untouched (the authors' code zeroes NaNs silently and trains on).
 #[test]
 fn non_finite_steps_are_skipped_and_counted() {
-    use snf::flow::Layer;
     use snf::layers::linear::SelfNormLinear;
     let m = small_mnist();
-    let mut flow = fc_two_layer::<f32, _>(true, &mut snf::init::rng(2)).unwrap();
+    let mut flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(2)).unwrap();
     // weights of 1e38: the f32 forward pass overflows to infinity, so log p(x) = -inf and
     // the reconstruction residual is infinite on every batch
-    if let Layer::Linear(l) = &mut flow.layers_mut()[1] {
-        let w = faer::Mat::from_fn(784, 784, |i, j| if i == j { 1e38f32 } else { 0.0 });
-        *l = SelfNormLinear::from_parts(w.clone(), w, Some(faer::Mat::zeros(784, 1))).unwrap();
-    }
-    let before = flow.layers()[1].named_params()[0].1.to_owned();
+    let w = faer::Mat::from_fn(784, 784, |i, j| if i == j { 1e38f32 } else { 0.0 });
+    flow.layers_mut()[1] = Box::new(SelfNormLinear::from_parts(w.clone(), w, Some(faer::Mat::zeros(784, 1))).unwrap());
+    let before = flow.layers()[1].params()[0].value.to_owned();
     let cfg = TrainConfig { epochs: 1, angle_batches: 0, ..Default::default() };
     let mut t = Trainer::new(flow, cfg, Par::Seq).unwrap();
     let r = t.epoch(&m.train, &m.valid).unwrap();
     assert_eq!(r.skipped_steps, m.train.len() / 100, "every step skipped");
     assert_eq!(t.steps(), 0, "no optimiser step taken");
-    assert_eq!(t.flow().layers()[1].named_params()[0].1.to_owned(), before);
+    assert_eq!(t.flow().layers()[1].params()[0].value.to_owned(), before);
     assert!(!r.val_nll.is_finite());
     // the record still serialises (non-finite values as strings) and reads back
     let back: snf::train::EpochRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();

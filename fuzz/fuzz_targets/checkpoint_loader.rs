@@ -7,6 +7,7 @@
 use faer::{Mat, Par};
 use libfuzzer_sys::fuzz_target;
 use snf::checkpoint::{fuzzing::reseal, stored_dtype, Checkpoint};
+use snf::flow::Inverse;
 
 fn exercise(bytes: &[u8]) {
     let _ = stored_dtype(bytes, "fuzz");
@@ -14,12 +15,13 @@ fn exercise(bytes: &[u8]) {
     if let Ok(c) = Checkpoint::<f32>::from_bytes(bytes, "fuzz") {
         let d = c.flow.dim();
         if d <= 4096 {
-            let mut ws = c.flow.workspace(2, Par::Seq, false);
-            let x = Mat::from_fn(d, 2, |i, j| ((i + 3 * j) % 255) as f32 + 0.5);
-            let mut lp = [0.0; 2];
-            let _ = c.flow.log_prob(x.as_ref(), c.static_log_det, &mut ws, &mut lp);
-            let mut y = Mat::zeros(d, 2);
-            let _ = c.flow.inverse(x.as_ref(), y.as_mut(), &mut ws, true);
+            if let Ok(mut ws) = c.flow.workspace(2, Par::Seq) {
+                let x = Mat::from_fn(d, 2, |i, j| ((i + 3 * j) % 255) as f32 + 0.5);
+                let mut lp = [0.0; 2];
+                let _ = c.flow.log_prob_given(x.as_ref(), c.static_log_det, &mut ws, &mut lp);
+                let mut y = Mat::zeros(d, 2);
+                let _ = c.flow.inverse(x.as_ref(), y.as_mut(), &mut ws, Inverse::Learned);
+            }
         }
         let again = c.to_bytes().expect("a loaded checkpoint serialises");
         Checkpoint::<f32>::from_bytes(&again, "round trip").expect("and loads again");

@@ -1,6 +1,7 @@
 //! Layer and model construction from arbitrary configurations and shapes: convolution
 //! geometries (channels, sizes, kernels, stride, padding, dilation, groups, inverse
-//! kernels), spline configurations, squeezes, linear layers from arbitrary parameters,
+//! kernels), spline configurations, squeezes and splits (huge declared sizes included),
+//! linear layers from arbitrary parameters,
 //! and layer descriptions parsed from arbitrary JSON. Each returns a layer or a typed
 //! error, never a panic; a layer that is built must run a forward pass and its inverse.
 #![no_main]
@@ -10,9 +11,12 @@ use libfuzzer_sys::fuzz_target;
 use snf::activation::{SplineActivation, SplineConfig};
 use snf::checkpoint::LayerSpec;
 use snf::conv::Conv2dSpec;
-use snf::flow::{Flow, Layer, Squeeze};
+use snf::flow::{Flow, Inverse, Squeeze};
 use snf::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use snf::layers::linear::SelfNormLinear;
+use snf::layers::Split;
+use snf::transform::Transform;
+use snf::Shape;
 
 struct Bytes<'a>(&'a [u8]);
 
@@ -38,18 +42,21 @@ impl Bytes<'_> {
     }
 }
 
-fn run_flow(layer: Layer<f64>) {
-    let Some(d) = layer.dim() else { return };
-    if d == 0 || d > 4096 {
+/// Build a one-transform flow on `shape` and run it: every call returns, none panics.
+fn run_flow(shape: Shape, layer: Box<dyn Transform<f64>>) {
+    let Ok(d) = shape.checked_dim() else { return };
+    if d > 4096 {
         return;
     }
-    if let Ok(flow) = Flow::new(d, vec![layer]) {
-        let mut ws = flow.workspace(2, Par::Seq, false);
+    if let Ok(flow) = Flow::new(shape, vec![layer]) {
+        let Ok(mut ws) = flow.workspace(2, Par::Seq) else { return };
         let x = Mat::from_fn(d, 2, |i, j| ((i * 7 + j) % 13) as f64 - 6.0);
         let mut lp = [0.0; 2];
-        let _ = flow.log_prob(x.as_ref(), 0.0, &mut ws, &mut lp);
+        let _ = flow.log_prob(x.as_ref(), &mut ws, &mut lp);
         let mut y = Mat::zeros(d, 2);
-        let _ = flow.inverse(x.as_ref(), y.as_mut(), &mut ws, true);
+        let _ = flow.inverse(x.as_ref(), y.as_mut(), &mut ws, Inverse::Learned);
+        let mut grads = flow.zero_grads();
+        let _ = flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0);
         let _ = flow.static_log_det(&mut ws);
     }
 }
@@ -71,22 +78,31 @@ fuzz_target!(|data: &[u8]| {
             };
             let cfg = SelfNormConv2dConfig { forward, inverse_kernel: [b.small(9), b.small(9)], bias: b.small(2) == 1 };
             let mut rng = snf::init::rng(b.byte() as u64);
+            let shape = Shape::image(cfg.forward.in_channels, cfg.forward.input[0], cfg.forward.input[1]);
             if let Ok(l) = SelfNormConv2d::<f64>::new(cfg, &mut rng) {
-                run_flow(Layer::Conv(l));
+                run_flow(shape, Box::new(l));
             }
             if let Ok(l) = ExactConv2d::<f64>::new(cfg, &mut rng) {
-                run_flow(Layer::ExactConv(l));
+                run_flow(shape, Box::new(l));
             }
         }
         1 => {
             let cfg = SplineConfig { bins: b.small(20), tail_bound: b.float(), min_width: b.float(), min_height: b.float(), min_derivative: b.float() };
-            if let Ok(s) = SplineActivation::<f64>::new(b.small(64), cfg) {
-                run_flow(Layer::Spline(s));
+            let d = b.small(64);
+            if let Ok(s) = SplineActivation::<f64>::new(d, cfg) {
+                run_flow(Shape::flat(d), Box::new(s));
             }
         }
         2 => {
-            if let Ok(s) = Squeeze::new(b.small(5), b.small(9), b.small(9)) {
-                run_flow(Layer::Squeeze(s));
+            let (c, h, w) = (b.small(5), b.small(9), b.small(9));
+            if let Ok(s) = Squeeze::new(c, h, w) {
+                run_flow(Shape::image(c, h, w), Box::new(s));
+            }
+            // huge declared sizes: a typed error, never an overflow
+            let _ = Squeeze::new((1 << 62) + b.small(3), 2 + 2 * b.small(2), 2);
+            let shape = Shape::image(b.small(6), b.small(6), b.small(6));
+            if let Ok(s) = Split::<f64>::new(shape) {
+                run_flow(shape, Box::new(s));
             }
         }
         3 => {
@@ -94,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
             let w = Mat::from_fn(n, m, |_, _| b.float());
             let r = Mat::from_fn(n, m, |_, _| b.float());
             if let Ok(l) = SelfNormLinear::from_parts(w, r, None) {
-                run_flow(Layer::Linear(l));
+                run_flow(Shape::flat(n), Box::new(l));
             }
         }
         _ => {
@@ -105,7 +121,10 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(spec) = serde_json::from_slice::<LayerSpec>(json) {
                 let tensors = spec.tensor_names().iter().map(|_| Mat::from_fn(b.small(10), b.small(10), |_, _| 0.01)).collect();
                 if let Ok(l) = spec.build::<f64>(tensors) {
-                    run_flow(l);
+                    let shape = (1..=4096).map(Shape::flat).find(|s| l.output_shape(*s).is_ok());
+                    if let Some(shape) = shape {
+                        run_flow(shape, l);
+                    }
                 }
             }
         }

@@ -263,6 +263,13 @@ impl<T: Real> Flow<T> {
         let any: &dyn std::any::Any = &**self.layers.get(k)?;
         any.downcast_ref()
     }
+    /// Transform `k` as its concrete type, mutable, if it is an `L`. Marks the cached
+    /// log-det stale.
+    pub fn layer_mut<L: Transform<T>>(&mut self, k: usize) -> Option<&mut L> {
+        self.version = next_version();
+        let any: &mut dyn std::any::Any = &mut **self.layers.get_mut(k)?;
+        any.downcast_mut()
+    }
     /// The base distribution.
     pub fn base(&self) -> &dyn Distribution<T> {
         &*self.base

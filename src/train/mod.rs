@@ -53,37 +53,44 @@ impl TrainConfig {
     /// Check every setting once (the CLI relies on this).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] naming the first bad setting: zero epochs or batch, a
+    /// [`Error::InvalidConfig`] naming the first bad setting: zero epochs or batch, a
     /// learning rate, clip norm, λ or GECO target that is not a positive finite number,
     /// a negative or NaN warm-up, or a divergence threshold that is not positive.
     pub fn validate(&self) -> Result<()> {
-        const OP: &str = "TrainConfig::validate";
-        let bad = |what: &str, v: f64| Err(Error::InvalidArgument { op: OP, reason: format!("{what} must be a positive finite number, got {v}") });
+        let bad = |field: &'static str, v: f64| Err(Error::InvalidConfig { field, reason: format!("must be a positive finite number, got {v}") });
         let pos = |v: f64| v.is_finite() && v > 0.0;
-        if self.epochs == 0 || self.batch == 0 {
-            return Err(Error::InvalidArgument { op: OP, reason: format!("epochs and batch must be positive, got {} and {}", self.epochs, self.batch) });
+        if self.epochs == 0 {
+            return Err(Error::InvalidConfig { field: "epochs", reason: "must be positive".into() });
+        }
+        if self.batch == 0 {
+            return Err(Error::InvalidConfig { field: "batch", reason: "must be positive".into() });
         }
         if !pos(self.adam.lr) {
-            return bad("the learning rate", self.adam.lr);
+            return bad("lr", self.adam.lr);
         }
         if let Some(c) = self.clip_norm.filter(|c| !pos(*c)) {
-            return bad("the clip norm", c);
+            return bad("clip_norm", c);
         }
         match self.lambda {
-            Lambda::Fixed(l) if !(l.is_finite() && l >= 0.0) => return bad("lambda", l),
-            Lambda::Geco(g) if !pos(g.target) => return bad("the GECO target", g.target),
-            Lambda::Geco(g) if !pos(g.rate) => return bad("the GECO rate", g.rate),
-            Lambda::Geco(g) if !(pos(g.lambda) && pos(g.min) && g.max >= g.min) => return bad("the GECO lambda and its bounds", g.lambda),
+            Lambda::Fixed(l) if !(l.is_finite() && l >= 0.0) => {
+                return Err(Error::InvalidConfig { field: "lambda", reason: format!("must be a non-negative finite number, got {l}") })
+            }
+            Lambda::Geco(g) if !pos(g.target) => return bad("geco_target", g.target),
+            Lambda::Geco(g) if !pos(g.rate) => return bad("geco_rate", g.rate),
+            Lambda::Geco(g) if !pos(g.lambda) => return bad("lambda", g.lambda),
+            Lambda::Geco(g) if !(pos(g.min) && g.max >= g.min && g.lambda >= g.min && g.lambda <= g.max) => {
+                return Err(Error::InvalidConfig { field: "geco_bounds", reason: format!("need 0 < min <= lambda <= max, got {} <= {} <= {}", g.min, g.lambda, g.max) })
+            }
             Lambda::Geco(g) if !(g.ema >= 0.0 && g.ema < 1.0) => {
-                return Err(Error::InvalidArgument { op: OP, reason: format!("the GECO moving-average factor must be in [0, 1), got {}", g.ema) })
+                return Err(Error::InvalidConfig { field: "geco_ema", reason: format!("must be in [0, 1), got {}", g.ema) })
             }
             _ => {}
         }
         if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
-            return Err(Error::InvalidArgument { op: OP, reason: format!("the warm-up must be a non-negative number of epochs, got {}", self.warmup_epochs) });
+            return Err(Error::InvalidConfig { field: "warmup_epochs", reason: format!("must be a non-negative number of epochs, got {}", self.warmup_epochs) });
         }
-        if !(self.max_reconstruction_error > 0.0) {
-            return bad("the divergence threshold", self.max_reconstruction_error);
+        if self.max_reconstruction_error.is_nan() || self.max_reconstruction_error <= 0.0 {
+            return bad("max_reconstruction_error", self.max_reconstruction_error);
         }
         Ok(())
     }

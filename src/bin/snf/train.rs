@@ -221,8 +221,21 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         angle_batches: if a.grad == Grad::Snf { a.angle_batches } else { 0 },
         ..Default::default()
     };
-    // one validation, in the library; its message names the setting
-    config.validate().map_err(|e| CliError::Usage(e.to_string()))?;
+    // one validation, in the library; the error names the setting, here as its flag
+    if let Err(snf::Error::InvalidConfig { field, reason }) = config.validate() {
+        let flag = match field {
+            "lr" => "--lr",
+            "batch" => "--batch",
+            "epochs" => "--epochs",
+            "lambda" => "--lambda",
+            "geco_target" => "--geco-target",
+            "geco_rate" => "--geco-rate",
+            "clip_norm" => "--clip-norm",
+            "warmup_epochs" => "--warmup",
+            other => other,
+        };
+        return Err(CliError::Usage(format!("{flag} {reason}")));
+    }
     if a.dataset != DatasetKind::Mnist && a.data.is_none() {
         return Err(CliError::Usage(format!("--dataset {} needs --data DIR", format!("{:?}", a.dataset).to_lowercase())));
     }
