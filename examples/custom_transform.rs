@@ -102,13 +102,13 @@ fn main() -> snf::Result<()> {
     let train = snf::data::toy::two_moons(4000, 0.08, &mut rng)?;
     let valid = snf::data::toy::two_moons(1000, 0.08, &mut rng)?;
     let flow = Flow::builder(Shape::flat(2))
-        .add(Affine::new(2))
-        .add(SelfNormLinear::new(2, true, &mut rng)?)
-        .add(SmoothLeakyRelu::new(0.3)?)
-        .add(SelfNormLinear::new(2, true, &mut rng)?)
-        .add(SmoothLeakyRelu::new(0.3)?)
-        .add(SelfNormLinear::new(2, true, &mut rng)?)
-        .add(Affine::new(2))
+        .then(Affine::new(2))
+        .then(SelfNormLinear::new(2, true, &mut rng)?)
+        .then(SmoothLeakyRelu::new(0.3)?)
+        .then(SelfNormLinear::new(2, true, &mut rng)?)
+        .then(SmoothLeakyRelu::new(0.3)?)
+        .then(SelfNormLinear::new(2, true, &mut rng)?)
+        .then(Affine::new(2))
         .build()?;
     let cfg = TrainConfig { epochs: 15, batch: 100, adam: AdamConfig { lr: 1e-2, ..Default::default() }, warmup_epochs: 1.0, angle_batches: 4, ..Default::default() };
     let mut trainer = Trainer::new(flow, cfg, Par::Seq)?;

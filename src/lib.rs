@@ -12,9 +12,9 @@
 //! let train = snf::data::toy::two_moons(1000, 0.1, &mut rng)?; // any Dataset: Images, Tensor, yours
 //! let valid = snf::data::toy::two_moons(200, 0.1, &mut rng)?;
 //! let flow = Flow::builder(Shape::flat(2))
-//!     .add(SelfNormLinear::new(2, true, &mut rng)?)   // learns W and R ≈ W⁻¹: no determinant
-//!     .add(SmoothLeakyRelu::new(0.3)?)
-//!     .add(SelfNormLinear::new(2, true, &mut rng)?)
+//!     .then(SelfNormLinear::new(2, true, &mut rng)?)   // learns W and R ≈ W⁻¹: no determinant
+//!     .then(SmoothLeakyRelu::new(0.3)?)
+//!     .then(SelfNormLinear::new(2, true, &mut rng)?)
 //!     .build()?;
 //! let cfg = TrainConfig { epochs: 2, adam: AdamConfig { lr: 1e-2, ..Default::default() }, ..Default::default() };
 //! let mut trainer = Trainer::<f64>::new(flow, cfg, faer::Par::Seq)?;

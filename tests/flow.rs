@@ -93,9 +93,9 @@ fn log_prob_matches_a_dense_jacobian() {
     let sld = flow.static_log_det(&mut ws).unwrap();
     let mut lp = vec![0.0; 4];
     flow.log_prob_given(y.as_ref(), sld, &mut ws, &mut lp).unwrap();
-    for j in 0..4 {
+    for (j, got) in lp.iter().enumerate() {
         let want = oracle.log_prob(&common::to_na(y.as_ref()).column(j).into());
-        assert!((lp[j] - want).abs() < 1e-5, "column {j}: {} vs brute force {want}", lp[j]);
+        assert!((got - want).abs() < 1e-5, "column {j}: {got} vs brute force {want}");
     }
 }
 

@@ -126,7 +126,7 @@ fn every_builtin_transform_meets_the_contract() {
         assert!(common::max_abs_diff(back.as_ref(), case.x.as_ref()) < 1e-9 * scale, "{name}: inverse(forward(x)) != x");
         // 2. log-det against the dense Jacobian of each example
         let h = 1e-5;
-        for j in 0..b {
+        for (j, &ld_j) in ld.iter().enumerate() {
             let col = case.x.as_ref().subcols(j, 1).to_owned();
             let mut jac = nalgebra::DMatrix::zeros(d, d);
             for c in 0..d {
@@ -140,7 +140,7 @@ fn every_builtin_transform_meets_the_contract() {
                 }
             }
             let want = jac.determinant().abs().ln();
-            assert!(close(ld[j], want, 1e-6), "{name}: log-det {} vs dense Jacobian {want}", ld[j]);
+            assert!(close(ld_j, want, 1e-6), "{name}: log-det {ld_j} vs dense Jacobian {want}");
         }
         // 3. input delta
         let c = gaussian(d, b, 1.0, &mut rng(99));
@@ -225,9 +225,9 @@ fn tapes_tie_backward_to_its_forward() {
 fn the_flow_log_det_cache_follows_every_parameter_change() {
     let d = 4;
     let mut flow = Flow::<f64>::builder(Shape::flat(d))
-        .add(ExactLinear::from_parts(common::well_conditioned(d, 0.3, &mut rng(40)), None).unwrap())
-        .add(SmoothLeakyRelu::new(0.3).unwrap())
-        .add(SelfNormConv2d::<f64>::new(SelfNormConv2dConfig::new(1, [2, 2], 3), &mut rng(41)).unwrap())
+        .then(ExactLinear::from_parts(common::well_conditioned(d, 0.3, &mut rng(40)), None).unwrap())
+        .then(SmoothLeakyRelu::new(0.3).unwrap())
+        .then(SelfNormConv2d::<f64>::new(SelfNormConv2dConfig::new(1, [2, 2], 3), &mut rng(41)).unwrap())
         .build()
         .unwrap();
     let truth = |f: &Flow<f64>| -> f64 {
@@ -268,11 +268,11 @@ fn a_multiscale_flow_with_a_learned_prior() {
     let s0 = Split::<f64>::new(Shape::image(4, 2, 2)).unwrap();
     let (kr, kc) = (s0.params()[0].value.nrows(), s0.params()[0].value.ncols());
     let flow = Flow::<f64>::builder(shape)
-        .add(Squeeze::new(1, 4, 4).unwrap())
-        .add(ExactLinear::from_parts(common::well_conditioned(16, 0.3, &mut rng(50)), Some(gaussian(16, 1, 0.1, &mut rng(51)))).unwrap())
-        .add(Split::from_parts(Shape::image(4, 2, 2), gaussian(kr, kc, 0.2, &mut rng(52)), gaussian(4, 1, 0.2, &mut rng(53))).unwrap())
-        .add(SmoothLeakyRelu::new(0.3).unwrap())
-        .add(ExactLinear::from_parts(common::well_conditioned(8, 0.3, &mut rng(54)), Some(gaussian(8, 1, 0.1, &mut rng(55)))).unwrap())
+        .then(Squeeze::new(1, 4, 4).unwrap())
+        .then(ExactLinear::from_parts(common::well_conditioned(16, 0.3, &mut rng(50)), Some(gaussian(16, 1, 0.1, &mut rng(51)))).unwrap())
+        .then(Split::from_parts(Shape::image(4, 2, 2), gaussian(kr, kc, 0.2, &mut rng(52)), gaussian(4, 1, 0.2, &mut rng(53))).unwrap())
+        .then(SmoothLeakyRelu::new(0.3).unwrap())
+        .then(ExactLinear::from_parts(common::well_conditioned(8, 0.3, &mut rng(54)), Some(gaussian(8, 1, 0.1, &mut rng(55)))).unwrap())
         .build()
         .unwrap();
     assert_eq!(flow.shape_at(3), Some(Shape::image(2, 2, 2)));

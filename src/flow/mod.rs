@@ -10,9 +10,9 @@
 //!
 //! let mut rng = snf::init::rng(0);
 //! let flow = Flow::<f64>::builder(Shape::flat(2))
-//!     .add(SelfNormLinear::new(2, true, &mut rng)?)
-//!     .add(SmoothLeakyRelu::new(0.3)?)
-//!     .add(SelfNormLinear::new(2, true, &mut rng)?)
+//!     .then(SelfNormLinear::new(2, true, &mut rng)?)
+//!     .then(SmoothLeakyRelu::new(0.3)?)
+//!     .then(SelfNormLinear::new(2, true, &mut rng)?)
 //!     .build()?;
 //! let x = faer::Mat::from_fn(2, 4, |i, j| (i + j) as f64 * 0.1);
 //! let mut ws = flow.workspace(4, faer::Par::Seq)?;
@@ -106,12 +106,12 @@ pub struct FlowBuilder<T: Real> {
 
 impl<T: Real> FlowBuilder<T> {
     /// Append a transform.
-    pub fn add(mut self, t: impl Transform<T>) -> Self {
+    pub fn then(mut self, t: impl Transform<T>) -> Self {
         self.layers.push(Box::new(t));
         self
     }
     /// Append a boxed transform.
-    pub fn add_boxed(mut self, t: Box<dyn Transform<T>>) -> Self {
+    pub fn then_boxed(mut self, t: Box<dyn Transform<T>>) -> Self {
         self.layers.push(t);
         self
     }
