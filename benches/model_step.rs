@@ -20,7 +20,12 @@ fn fc_step(c: &mut Criterion) {
     group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
     let x = Mat::<f32>::from_fn(D, B, |i, j| ((i * 7 + j * 13) % 256) as f32 + 0.5);
     for (name, snf_model) in [("snf", true), ("exact", false)] {
-        let mut flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(0)).unwrap();
+        let mut flow = fc_two_layer::<f32, _>(
+            snf::data::mnist::SHAPE,
+            if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact },
+            &mut snf::init::rng(0),
+        )
+        .unwrap();
         let mut ws = flow.workspace(B, Par::rayon(0)).unwrap();
         let mut grads = flow.zero_grads();
         let mut adams: Vec<Adam<f32>> = grads
@@ -39,9 +44,7 @@ fn fc_step(c: &mut Criterion) {
         });
         if snf_model {
             // the step's parts, same run: forward + backward sweep alone, Adam alone
-            group.bench_function("snf_gradients_only", |bch| {
-                bch.iter(|| flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap())
-            });
+            group.bench_function("snf_gradients_only", |bch| bch.iter(|| flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap()));
             group.bench_function("snf_adam_only", |bch| {
                 bch.iter(|| {
                     for ((l, g), a) in flow.layers_mut().iter_mut().zip(&grads.layers).zip(&mut adams) {

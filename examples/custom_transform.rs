@@ -55,11 +55,22 @@ impl Transform<f64> for Affine {
     /// $\delta_x = e^{s}\odot\delta_y$; loss $\ell = -\frac1B\sum_b[\log p(y_b) + \sum_i s_i]$ gives
     /// $\partial\ell/\partial s = -\frac1B\sum_b \delta_{y,b}\odot x_b e^{s} - 1$,
     /// $\partial\ell/\partial t = -\frac1B\sum_b\delta_{y,b}$.
-    fn backward(&self, tape: Tape, x: MatRef<'_, f64>, dy: MatRef<'_, f64>, mut dx: MatMut<'_, f64>, grads: &mut Grads<f64>, ws: &mut Workspace<f64>, _lambda: f64) -> snf::Result<f64> {
+    fn backward(
+        &self,
+        tape: Tape,
+        x: MatRef<'_, f64>,
+        dy: MatRef<'_, f64>,
+        mut dx: MatMut<'_, f64>,
+        grads: &mut Grads<f64>,
+        ws: &mut Workspace<f64>,
+        _lambda: f64,
+    ) -> snf::Result<f64> {
         ws.consume(tape, x)?;
         let b = x.ncols() as f64;
         let mut g = grads.blocks_mut().into_iter();
-        let (Some(mut gs), Some(mut gt)) = (g.next(), g.next()) else { return Err(Error::InvalidArgument { op: "Affine::backward", reason: "foreign gradients".into() }) };
+        let (Some(mut gs), Some(mut gt)) = (g.next(), g.next()) else {
+            return Err(Error::InvalidArgument { op: "Affine::backward", reason: "foreign gradients".into() });
+        };
         for i in 0..x.nrows() {
             let e = self.s[(i, 0)].exp();
             let (mut sum_s, mut sum_t) = (0.0, 0.0);
@@ -110,7 +121,8 @@ fn main() -> snf::Result<()> {
         .then(SelfNormLinear::new(2, true, &mut rng)?)
         .then(Affine::new(2))
         .build()?;
-    let cfg = TrainConfig { epochs: 15, batch: 100, adam: AdamConfig { lr: 1e-2, ..Default::default() }, warmup_epochs: 1.0, angle_batches: 4, ..Default::default() };
+    let cfg =
+        TrainConfig { epochs: 15, batch: 100, adam: AdamConfig { lr: 1e-2, ..Default::default() }, warmup_epochs: 1.0, angle_batches: 4, ..Default::default() };
     let mut trainer = Trainer::new(flow, cfg, Par::Seq)?;
     let (start, _) = trainer.evaluate(&valid)?;
     println!("initial validation NLL {start:.4} nats");

@@ -13,13 +13,12 @@ use snf::optim::AdamConfig;
 use snf::train::{TrainConfig, Trainer};
 
 fn run(name: &str, snf_model: bool, epochs: usize, mnist: &Mnist) -> Result<(), snf::Error> {
-    let cfg = TrainConfig {
-        epochs,
-        adam: AdamConfig { lr: 1e-3, ..Default::default() },
-        angle_batches: if snf_model { 1 } else { 0 },
-        ..Default::default()
-    };
-    let flow = conv_nine_layer::<f32, _>(snf::data::mnist::SHAPE, if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(cfg.seed))?;
+    let cfg = TrainConfig { epochs, adam: AdamConfig { lr: 1e-3, ..Default::default() }, angle_batches: if snf_model { 1 } else { 0 }, ..Default::default() };
+    let flow = conv_nine_layer::<f32, _>(
+        snf::data::mnist::SHAPE,
+        if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact },
+        &mut snf::init::rng(cfg.seed),
+    )?;
     let mut trainer = Trainer::new(flow, cfg, Par::rayon(0))?;
     println!("\n{name}: Conv 9-layer, batch {}, lr {}, warm-up {} epochs, lambda {:?}", cfg.batch, cfg.adam.lr, cfg.warmup_epochs, cfg.lambda);
     println!("epoch  val NLL (nats)  val bits/dim  train s/epoch  recon err  mean angle all / W (deg)  skipped");
@@ -28,7 +27,14 @@ fn run(name: &str, snf_model: bool, epochs: usize, mnist: &Mnist) -> Result<(), 
         let mean = |v: &[(usize, f64, f64)]| if v.is_empty() { f64::NAN } else { v.iter().map(|a| a.1).sum::<f64>() / v.len() as f64 };
         println!(
             "{:>5}  {:>14.2}  {:>12.4}  {:>13.2}  {:>9.2e}  {:>12.3} / {:>9.4}  {:>7}",
-            r.epoch, r.val_nll, r.val_bpd, r.train_seconds, r.reconstruction_error, mean(&r.angles), mean(&r.angles_w), r.skipped_steps
+            r.epoch,
+            r.val_nll,
+            r.val_bpd,
+            r.train_seconds,
+            r.reconstruction_error,
+            mean(&r.angles),
+            mean(&r.angles_w),
+            r.skipped_steps
         );
     }
     Ok(())

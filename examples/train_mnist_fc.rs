@@ -14,7 +14,11 @@ use snf::train::{Geco, Lambda, TrainConfig, Trainer};
 
 fn run(name: &str, snf_model: bool, epochs: usize, mnist: &Mnist, lambda: Lambda, warmup_epochs: f64) -> Result<(), snf::Error> {
     let cfg = TrainConfig { epochs, angle_batches: if snf_model { 2 } else { 0 }, lambda, warmup_epochs, ..Default::default() };
-    let flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(cfg.seed))?;
+    let flow = fc_two_layer::<f32, _>(
+        snf::data::mnist::SHAPE,
+        if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact },
+        &mut snf::init::rng(cfg.seed),
+    )?;
     let mut trainer = Trainer::new(flow, cfg, Par::rayon(0))?;
     println!("\n{name}: FC 2-layer, batch {}, lr {}, warm-up {} epochs, lambda {:?}", cfg.batch, cfg.adam.lr, cfg.warmup_epochs, cfg.lambda);
     println!("epoch  val NLL (nats)  val bits/dim  train s/epoch  recon err  angle L1 all / W (deg)  angle L2 all / W (deg)  skipped");
@@ -30,7 +34,14 @@ fn run(name: &str, snf_model: bool, epochs: usize, mnist: &Mnist, lambda: Lambda
         };
         println!(
             "{:>5}  {:>14.2}  {:>12.4}  {:>13.2}  {:>9.2e}  {:>22}  {:>22}  {:>7}",
-            r.epoch, r.val_nll, r.val_bpd, r.train_seconds, r.reconstruction_error, angle(1), angle(3), r.skipped_steps
+            r.epoch,
+            r.val_nll,
+            r.val_bpd,
+            r.train_seconds,
+            r.reconstruction_error,
+            angle(1),
+            angle(3),
+            r.skipped_steps
         );
     }
     if let Some((e, nll, _)) = trainer.best() {

@@ -197,11 +197,7 @@ pub enum CheckpointError {
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 
 /// Check that `got == expected`, else return [`Error::ShapeMismatch`].
-pub(crate) fn check_shape(
-    op: &'static str,
-    expected: (usize, usize),
-    got: (usize, usize),
-) -> Result<()> {
+pub(crate) fn check_shape(op: &'static str, expected: (usize, usize), got: (usize, usize)) -> Result<()> {
     if expected == got {
         Ok(())
     } else {

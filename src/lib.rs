@@ -147,20 +147,22 @@ pub mod transform;
 mod util;
 
 pub use error::{CheckpointError, DataError, Error, Result};
-pub use real::Real;
-pub use shape::Shape;
 /// The `faer` this crate is built on (matrices, views, parallelism), re-exported so a
 /// user does not have to pin a matching version.
 pub use faer;
 /// The `rand` this crate is built on, re-exported for the same reason.
 pub use rand;
+pub use real::Real;
+pub use shape::Shape;
 
 /// What most programs need: `use snf::prelude::*;`.
 pub mod prelude {
     pub use crate::data::{Dataset, Dequantization, Images, Splits, Tensor};
     pub use crate::distribution::{DiagGaussian, Distribution, StandardNormal};
     pub use crate::flow::{Flow, FlowGrads, FlowWorkspace, Inverse};
-    pub use crate::layers::{Elementwise, ExactConv2d, ExactLinear, LeakyRelu, Preprocess, SelfNormConv2d, SelfNormLinear, SmoothLeakyRelu, SplineActivation, Split, Squeeze};
+    pub use crate::layers::{
+        Elementwise, ExactConv2d, ExactLinear, LeakyRelu, Preprocess, SelfNormConv2d, SelfNormLinear, SmoothLeakyRelu, SplineActivation, Split, Squeeze,
+    };
     pub use crate::optim::{Adam, AdamConfig};
     pub use crate::train::{Lambda, TrainConfig, Trainer};
     pub use crate::transform::{Grads, Param, SelfNormalizing, Tape, Transform, Workspace};

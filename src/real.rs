@@ -6,9 +6,7 @@ use core::fmt::{Debug, Display};
 ///
 /// It joins faer's [`RealField`](faer::traits::RealField) (so faer's GEMM and LU
 /// accept it) with [`num_traits::Float`] (for `ln`, `exp`, `sqrt`, ...).
-pub trait Real:
-    faer::traits::RealField + num_traits::Float + Copy + Send + Sync + Debug + Display + Default + 'static
-{
+pub trait Real: faer::traits::RealField + num_traits::Float + Copy + Send + Sync + Debug + Display + Default + 'static {
     /// Round an `f64` to this type.
     fn from_f64(x: f64) -> Self;
     /// Widen to `f64` (exact for both `f32` and `f64`).

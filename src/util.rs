@@ -114,25 +114,11 @@ pub(crate) fn set_scaled_row_sums<T: Real>(dst: &mut [T], a: MatRef<'_, T>, alph
 /// the output into `par.degree()` blocks (rows of a tall output with the matching rows of
 /// `lhs`, else columns with the matching columns of `rhs`) with `rayon::join`, whose jobs
 /// live on the stack, and runs faer's sequential GEMM on each: no heap allocation.
-pub(crate) fn gemm<T: Real>(
-    dst: MatMut<'_, T>,
-    accum: faer::Accum,
-    lhs: MatRef<'_, T>,
-    rhs: MatRef<'_, T>,
-    alpha: T,
-    par: faer::Par,
-) {
+pub(crate) fn gemm<T: Real>(dst: MatMut<'_, T>, accum: faer::Accum, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T, par: faer::Par) {
     split_gemm(dst, accum, lhs, rhs, alpha, par.degree().max(1));
 }
 
-fn split_gemm<T: Real>(
-    dst: MatMut<'_, T>,
-    accum: faer::Accum,
-    lhs: MatRef<'_, T>,
-    rhs: MatRef<'_, T>,
-    alpha: T,
-    threads: usize,
-) {
+fn split_gemm<T: Real>(dst: MatMut<'_, T>, accum: faer::Accum, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T, threads: usize) {
     // Below ~16 columns per block, or for tiny products, splitting costs more than it saves.
     const MIN_COLS: usize = 16;
     let n = dst.ncols();
@@ -147,20 +133,14 @@ fn split_gemm<T: Real>(
             let split = m * left_threads / threads;
             let (dt, db) = dst.split_at_row_mut(split);
             let (lt, lb) = lhs.split_at_row(split);
-            rayon::join(
-                || split_gemm(dt, accum, lt, rhs, alpha, left_threads),
-                || split_gemm(db, accum, lb, rhs, alpha, threads - left_threads),
-            );
+            rayon::join(|| split_gemm(dt, accum, lt, rhs, alpha, left_threads), || split_gemm(db, accum, lb, rhs, alpha, threads - left_threads));
             return;
         }
         if n >= 2 * MIN_COLS {
             let split = n * left_threads / threads;
             let (dl, dr) = dst.split_at_col_mut(split);
             let (rl, rr) = rhs.split_at_col(split);
-            rayon::join(
-                || split_gemm(dl, accum, lhs, rl, alpha, left_threads),
-                || split_gemm(dr, accum, lhs, rr, alpha, threads - left_threads),
-            );
+            rayon::join(|| split_gemm(dl, accum, lhs, rl, alpha, left_threads), || split_gemm(dr, accum, lhs, rr, alpha, threads - left_threads));
             return;
         }
     }

@@ -30,8 +30,18 @@ fn same_params<A: snf::Real, B: snf::Real>(a: &Flow<A>, b: &Flow<B>) -> bool {
 #[test]
 fn every_layer_kind_round_trips_bit_for_bit() {
     for snf_layers in [true, false] {
-        let fc = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, if snf_layers { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(1)).unwrap();
-        let conv = conv_nine_layer::<f64, _>(snf::data::mnist::SHAPE, if snf_layers { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(2)).unwrap();
+        let fc = fc_two_layer::<f32, _>(
+            snf::data::mnist::SHAPE,
+            if snf_layers { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact },
+            &mut snf::init::rng(1),
+        )
+        .unwrap();
+        let conv = conv_nine_layer::<f64, _>(
+            snf::data::mnist::SHAPE,
+            if snf_layers { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact },
+            &mut snf::init::rng(2),
+        )
+        .unwrap();
         let ck = Checkpoint::new(fc).unwrap();
         let back = Checkpoint::<f32>::from_bytes(&ck.to_bytes().unwrap(), "t").unwrap();
         assert!(same_params(&ck.flow, &back.flow));

@@ -41,14 +41,11 @@ fn fails(args: &[&str]) -> String {
 }
 
 fn tiny(out: &Path, epochs: &str) -> Vec<String> {
-    [
-        "train", "--train-subset", "300", "--valid-subset", "200", "--epochs", epochs, "--quiet", "--samples", "0",
-        "--out",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([out.display().to_string()])
-    .collect()
+    ["train", "--train-subset", "300", "--valid-subset", "200", "--epochs", epochs, "--quiet", "--samples", "0", "--out"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
 }
 
 fn run_tiny(out: &Path, epochs: &str, extra: &[&str]) -> Output {
@@ -62,11 +59,15 @@ fn load(p: &Path) -> Checkpoint<f32> {
 }
 
 fn params_bits(c: &Checkpoint<f32>) -> Vec<u32> {
-    c.flow.layers().iter().flat_map(|l| l.params()).flat_map(|p| {
-        let m = p.value;
-        (0..m.ncols()).flat_map(move |j| (0..m.nrows()).map(move |i| m[(i, j)].to_bits()))
-    })
-    .collect()
+    c.flow
+        .layers()
+        .iter()
+        .flat_map(|l| l.params())
+        .flat_map(|p| {
+            let m = p.value;
+            (0..m.ncols()).flat_map(move |j| (0..m.nrows()).map(move |i| m[(i, j)].to_bits()))
+        })
+        .collect()
 }
 
 #[test]
@@ -150,7 +151,8 @@ fn kill_and_resume_is_bit_identical_to_an_uninterrupted_run() {
     assert!(!o.status.success(), "the injected abort kills the run");
     let prev = load(&crashed.join("checkpoints/last.safetensors"));
     assert_eq!(prev.training.as_ref().unwrap().1.history.len(), 1, "the previous (epoch 1) checkpoint is what is there");
-    let leftovers = std::fs::read_dir(crashed.join("checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp.")).count();
+    let leftovers =
+        std::fs::read_dir(crashed.join("checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp.")).count();
     assert_eq!(leftovers, 1, "the complete new file never replaced the old one");
     let o = Command::new(BIN).args(["train", "--resume", "--quiet", "--samples", "0", "--out", &crashed.display().to_string()]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

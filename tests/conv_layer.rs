@@ -104,9 +104,7 @@ fn conv_exact(layer: &SelfNormConv2d<f64>, x: &Mat<f64>, lambda: f64, par: Par) 
     let dz_g = Mat::from_fn(d, b, |i, j| -y[(i, j)]);
     let (mut dx, mut dx_g) = (Mat::zeros(d, b), Mat::zeros(d, b));
     let mut grads = layer.zero_grads();
-    let st = layer
-        .backward_exact(x.as_ref(), dz_f.as_ref(), dz_g.as_ref(), dx.as_mut(), dx_g.as_mut(), &mut grads, &mut ws, lambda)
-        .unwrap();
+    let st = layer.backward_exact(x.as_ref(), dz_f.as_ref(), dz_g.as_ref(), dx.as_mut(), dx_g.as_mut(), &mut grads, &mut ws, lambda).unwrap();
     Run { grads, dx, dx_g, recon: st.reconstruction_error }
 }
 
@@ -502,9 +500,7 @@ fn large_batches_match_per_example_runs() {
     let layer = random_layer(cfg, 0.05, 100);
     let b = 9;
     let x = gaussian(layer.dim(), b, 1.0, &mut rng(101));
-    let singles: Vec<Run> = (0..b)
-        .map(|j| conv_snf(&layer, &Mat::from_fn(layer.dim(), 1, |i, _| x[(i, j)]), 1.3, Par::Seq))
-        .collect();
+    let singles: Vec<Run> = (0..b).map(|j| conv_snf(&layer, &Mat::from_fn(layer.dim(), 1, |i, _| x[(i, j)]), 1.3, Par::Seq)).collect();
     let mean = |f: &dyn Fn(&Run) -> MatRef<'_, f64>| {
         let first = f(&singles[0]);
         Mat::from_fn(first.nrows(), first.ncols(), |i, j| singles.iter().map(|s| f(s)[(i, j)]).sum::<f64>() / b as f64)

@@ -212,10 +212,8 @@ fn flip_swaps_channels() {
 fn weight_grad_matches_finite_differences() {
     // phi(k) = sum_b dz_b^T conv(k, x_b) through the oracle; linear in k so central
     // differences are exact up to rounding (h = 1e-3, error ~ eps * |phi| / h ~ 1e-12).
-    let geom = Conv2dGeometry::new(
-        Conv2dSpec::new(4, 6, [7, 6], [3, 2]).with_stride([2, 1]).with_padding([1, 2]).with_dilation([1, 2]).with_groups(2),
-    )
-    .unwrap();
+    let geom =
+        Conv2dGeometry::new(Conv2dSpec::new(4, 6, [7, 6], [3, 2]).with_stride([2, 1]).with_padding([1, 2]).with_dilation([1, 2]).with_groups(2)).unwrap();
     let k = kernel(&geom, 5);
     let x = gaussian(geom.in_len(), 3, 1.0, &mut rng(6));
     let dz = gaussian(geom.out_len(), 3, 1.0, &mut rng(7));
@@ -332,9 +330,7 @@ fn blocks_and_chunks_cover_large_batches() {
         let x = gaussian(geom.in_len(), b, 1.0, &mut rng(13));
         let dz = gaussian(geom.out_len(), b, 1.0, &mut rng(14));
         let want_z = naive_conv::conv_batch(&geom, k.as_ref(), x.as_ref());
-        let dot = |a: MatRef<'_, f64>, c: MatRef<'_, f64>| -> f64 {
-            (0..a.ncols()).map(|j| (0..a.nrows()).map(|i| a[(i, j)] * c[(i, j)]).sum::<f64>()).sum()
-        };
+        let dot = |a: MatRef<'_, f64>, c: MatRef<'_, f64>| -> f64 { (0..a.ncols()).map(|j| (0..a.nrows()).map(|i| a[(i, j)] * c[(i, j)]).sum::<f64>()).sum() };
         let z2 = naive_conv::conv_batch(&geom, k2.as_ref(), x.as_ref());
         for par in [Par::Seq, Par::rayon(3)] {
             let mut conv = Conv2d::new(geom, par);

@@ -174,8 +174,12 @@ fn exact_eq3_gradients_of_a_snf_flow_match_finite_differences() {
     // params: [W1, R1, b1, W2, R2, b2]; the reconstruction inputs are the f-chain
     // activations at the *unperturbed* parameters (stop-gradient)
     let p0: Vec<DMatrix<f64>> = vec![
-        common::to_na(l1.w()), common::to_na(l1.r()), common::to_na(l1.bias().unwrap()),
-        common::to_na(l2.w()), common::to_na(l2.r()), common::to_na(l2.bias().unwrap()),
+        common::to_na(l1.w()),
+        common::to_na(l1.r()),
+        common::to_na(l1.bias().unwrap()),
+        common::to_na(l2.w()),
+        common::to_na(l2.r()),
+        common::to_na(l2.bias().unwrap()),
     ];
     let h_stop: Vec<(DVector<f64>, DVector<f64>)> = (0..3)
         .map(|j| {
@@ -369,7 +373,8 @@ fn squeeze_permutes_and_passes_gradients() {
 #[test]
 fn samples_map_back_to_their_base_draws() {
     let d = 6;
-    let flow = Flow::new(Shape::flat(d), vec![bx(Preprocess::new(1e-6).unwrap()), bx(snf_linear(d, 0.3, 0.0, 71)), bx(slr()), bx(snf_linear(d, 0.3, 0.0, 74))]).unwrap();
+    let flow = Flow::new(Shape::flat(d), vec![bx(Preprocess::new(1e-6).unwrap()), bx(snf_linear(d, 0.3, 0.0, 71)), bx(slr()), bx(snf_linear(d, 0.3, 0.0, 74))])
+        .unwrap();
     let mut ws = flow.workspace(5, Par::Seq).unwrap();
     let (mut a, mut b) = (Mat::zeros(d, 5), Mat::zeros(d, 5));
     flow.sample(&mut rng(77), a.as_mut(), &mut ws, Inverse::Exact).unwrap();
@@ -394,7 +399,9 @@ fn spline_layer_gradients_and_the_conv_model() {
         Mat::from_fn(cfg.bins - 1, d, |_, _| cfg.unit_derivative_param() + 0.3),
     )
     .unwrap();
-    let flow = Flow::new(Shape::flat(d), vec![bx(ExactLinear::<f64>::new(d, true, &mut g).unwrap()), bx(sp.clone()), bx(ExactLinear::new(d, true, &mut g).unwrap())]).unwrap();
+    let flow =
+        Flow::new(Shape::flat(d), vec![bx(ExactLinear::<f64>::new(d, true, &mut g).unwrap()), bx(sp.clone()), bx(ExactLinear::new(d, true, &mut g).unwrap())])
+            .unwrap();
     let x = gaussian(d, 4, 2.0, &mut rng(84));
     let mut ws = flow.workspace(4, Par::Seq).unwrap();
     let mut grads = flow.zero_grads();

@@ -35,9 +35,7 @@ fn exact_grads(c: &Case) -> (LinearGrads<f64>, Mat<f64>, Mat<f64>) {
     let dzg = Mat::from_fn(d, b, |i, j| -y[(i, j)]);
     let (mut dxf, mut dxg) = (Mat::zeros(d, b), Mat::zeros(d, b));
     let mut g = c.layer.zero_grads();
-    c.layer
-        .backward_exact(c.x.as_ref(), dzf.as_ref(), dzg.as_ref(), dxf.as_mut(), dxg.as_mut(), &mut g, &mut ws, c.lambda)
-        .unwrap();
+    c.layer.backward_exact(c.x.as_ref(), dzf.as_ref(), dzg.as_ref(), dxf.as_mut(), dxg.as_mut(), &mut g, &mut ws, c.lambda).unwrap();
     (g, dxf, dxg)
 }
 

@@ -81,7 +81,7 @@ proptest! {
 fn angle_bound_is_attained() {
     let a = Mat::from_fn(2, 1, |i, _| if i == 0 { 1.0 } else { 0.0 });
     let s: f64 = 0.3; // |e|
-    // tangent point: a + e with e = (-s^2, s sqrt(1 - s^2)), |e| = s
+                      // tangent point: a + e with e = (-s^2, s sqrt(1 - s^2)), |e| = s
     let e = Mat::from_fn(2, 1, |i, _| if i == 0 { -s * s } else { s * (1.0 - s * s).sqrt() });
     assert!((frob(e.as_ref()) - s).abs() < 1e-15);
     let b = Mat::from_fn(2, 1, |i, j| a[(i, j)] + e[(i, j)]);

@@ -72,7 +72,9 @@ fn conv_f32_agrees_with_f64() {
     use snf::layers::conv::{ConvWorkspace, SelfNormConv2d, SelfNormConv2dConfig};
     fn run<T: Real>(layer64: &SelfNormConv2d<f64>, x: &Mat<f64>) -> Vec<Mat<f64>> {
         let cfg = *layer64.config();
-        let layer = SelfNormConv2d::<T>::from_parts(cfg, cast(&layer64.w().to_owned()), cast(&layer64.r().to_owned()), layer64.bias().map(|b| cast(&b.to_owned()))).unwrap();
+        let layer =
+            SelfNormConv2d::<T>::from_parts(cfg, cast(&layer64.w().to_owned()), cast(&layer64.r().to_owned()), layer64.bias().map(|b| cast(&b.to_owned())))
+                .unwrap();
         let (d, n) = (x.nrows(), x.ncols());
         let x = cast::<T>(x);
         let mut ws = ConvWorkspace::new(&layer, n, Par::rayon(2));

@@ -17,8 +17,20 @@ fn small_mnist() -> Mnist {
 fn short_training_lowers_validation_nll_for_both_twins() {
     let m = small_mnist();
     for snf_model in [true, false] {
-        let cfg = TrainConfig { epochs: 2, batch: 100, adam: AdamConfig { lr: 1e-3, ..Default::default() }, warmup_epochs: 0.5, angle_batches: 1, ..Default::default() };
-        let flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact }, &mut snf::init::rng(3)).unwrap();
+        let cfg = TrainConfig {
+            epochs: 2,
+            batch: 100,
+            adam: AdamConfig { lr: 1e-3, ..Default::default() },
+            warmup_epochs: 0.5,
+            angle_batches: 1,
+            ..Default::default()
+        };
+        let flow = fc_two_layer::<f32, _>(
+            snf::data::mnist::SHAPE,
+            if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact },
+            &mut snf::init::rng(3),
+        )
+        .unwrap();
         let mut t = Trainer::new(flow, cfg, Par::rayon(2)).unwrap();
         let (before, _) = t.evaluate(&m.valid).unwrap();
         let r1 = t.epoch(&m.train, &m.valid).unwrap();
@@ -75,7 +87,12 @@ fn geco_moves_lambda_both_ways_and_divergence_is_reported() {
     let mut t = Trainer::new(flow, cfg, Par::Seq).unwrap();
     let err = t.epoch(&m.train, &m.valid).unwrap_err();
     assert!(err.to_string().contains("diverged"), "{err}");
-    assert!(Trainer::new(fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(1)).unwrap(), TrainConfig { batch: 0, ..Default::default() }, Par::Seq).is_err());
+    assert!(Trainer::new(
+        fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(1)).unwrap(),
+        TrainConfig { batch: 0, ..Default::default() },
+        Par::Seq
+    )
+    .is_err());
 }
 
 /// Settings the CLI rejects are rejected by the library too, once, naming the setting
@@ -91,7 +108,16 @@ fn the_library_validates_the_training_configuration() {
         ("lambda", TrainConfig { lambda: Lambda::Fixed(f64::NAN), ..d }),
         ("geco_target", TrainConfig { lambda: Lambda::Geco(Geco::new(f64::NAN, 1.0)), ..d }),
         ("geco_target", TrainConfig { lambda: Lambda::Geco(Geco::new(-4.0, 1.0)), ..d }),
-        ("geco_rate", TrainConfig { lambda: Lambda::Geco({ geco.rate = 0.0; geco }), ..d }),
+        (
+            "geco_rate",
+            TrainConfig {
+                lambda: Lambda::Geco({
+                    geco.rate = 0.0;
+                    geco
+                }),
+                ..d
+            },
+        ),
         ("warmup_epochs", TrainConfig { warmup_epochs: f64::NAN, ..d }),
         ("warmup_epochs", TrainConfig { warmup_epochs: -5.0, ..d }),
         ("max_reconstruction_error", TrainConfig { max_reconstruction_error: f64::NAN, ..d }),

@@ -108,7 +108,9 @@ fn cases() -> Vec<Case> {
 #[test]
 fn every_builtin_transform_meets_the_contract() {
     let kinds: Vec<&str> = cases().iter().map(|c| c.t.kind()).collect();
-    for k in ["preprocess", "snf-linear", "exact-linear", "snf-conv", "exact-conv", "smooth-leaky-relu", "leaky-relu", "elementwise", "spline", "squeeze", "split"] {
+    for k in
+        ["preprocess", "snf-linear", "exact-linear", "snf-conv", "exact-conv", "smooth-leaky-relu", "leaky-relu", "elementwise", "spline", "squeeze", "split"]
+    {
         assert!(kinds.contains(&k), "no contract case for {k}");
     }
     for case in cases() {

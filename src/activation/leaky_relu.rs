@@ -31,18 +31,34 @@ impl LeakyRelu {
 
 impl ScalarBijection for LeakyRelu {
     fn value<F: Real>(&self, x: F) -> F {
-        if x >= F::zero() { x } else { F::from_f64(self.slope) * x }
+        if x >= F::zero() {
+            x
+        } else {
+            F::from_f64(self.slope) * x
+        }
     }
     fn derivative<F: Real>(&self, x: F) -> F {
-        if x >= F::zero() { F::one() } else { F::from_f64(self.slope) }
+        if x >= F::zero() {
+            F::one()
+        } else {
+            F::from_f64(self.slope)
+        }
     }
     fn log_derivative<F: Real>(&self, x: F) -> F {
-        if x >= F::zero() { F::zero() } else { F::from_f64(self.slope.ln()) }
+        if x >= F::zero() {
+            F::zero()
+        } else {
+            F::from_f64(self.slope.ln())
+        }
     }
     fn log_derivative_grad<F: Real>(&self, _x: F) -> F {
         F::zero()
     }
     fn inverse(&self, y: f64) -> f64 {
-        if y >= 0.0 { y } else { y / self.slope }
+        if y >= 0.0 {
+            y
+        } else {
+            y / self.slope
+        }
     }
 }

@@ -55,13 +55,7 @@ pub trait ScalarBijection: Send + Sync {
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] on mismatched shapes or a `logdet` of the wrong length.
-pub fn forward<T: Real>(
-    f: &impl ScalarBijection,
-    x: MatRef<'_, T>,
-    z: MatMut<'_, T>,
-    logdet: &mut [f64],
-    par: Par,
-) -> Result<()> {
+pub fn forward<T: Real>(f: &impl ScalarBijection, x: MatRef<'_, T>, z: MatMut<'_, T>, logdet: &mut [f64], par: Par) -> Result<()> {
     const OP: &str = "activation::forward";
     check_shape(OP, (x.nrows(), x.ncols()), (z.nrows(), z.ncols()))?;
     check_shape(OP, (x.ncols(), 1), (logdet.len(), 1))?;
@@ -80,13 +74,7 @@ pub fn forward<T: Real>(
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] on mismatched shapes.
-pub fn backward<T: Real>(
-    f: &impl ScalarBijection,
-    x: MatRef<'_, T>,
-    dz: MatRef<'_, T>,
-    dx: MatMut<'_, T>,
-    par: Par,
-) -> Result<()> {
+pub fn backward<T: Real>(f: &impl ScalarBijection, x: MatRef<'_, T>, dz: MatRef<'_, T>, dx: MatMut<'_, T>, par: Par) -> Result<()> {
     const OP: &str = "activation::backward";
     check_shape(OP, (x.nrows(), x.ncols()), (dz.nrows(), dz.ncols()))?;
     check_shape(OP, (x.nrows(), x.ncols()), (dx.nrows(), dx.ncols()))?;

@@ -36,10 +36,7 @@ impl SmoothLeakyRelu {
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) unless $0 < \alpha < 1$.
     pub fn new(alpha: f64) -> crate::Result<Self> {
         if !(alpha > 0.0 && alpha < 1.0) {
-            return Err(crate::Error::InvalidArgument {
-                op: "SmoothLeakyRelu::new",
-                reason: format!("alpha must be in (0, 1), got {alpha}"),
-            });
+            return Err(crate::Error::InvalidArgument { op: "SmoothLeakyRelu::new", reason: format!("alpha must be in (0, 1), got {alpha}") });
         }
         Ok(Self { alpha })
     }

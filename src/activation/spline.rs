@@ -310,7 +310,11 @@ impl<T: Real> SplineActivation<T> {
     }
     /// Zeroed gradients.
     pub fn zero_grads(&self) -> SplineGrads<T> {
-        SplineGrads { w: Mat::zeros(self.w.nrows(), self.w.ncols()), h: Mat::zeros(self.h.nrows(), self.h.ncols()), d: Mat::zeros(self.d.nrows(), self.d.ncols()) }
+        SplineGrads {
+            w: Mat::zeros(self.w.nrows(), self.w.ncols()),
+            h: Mat::zeros(self.h.nrows(), self.h.ncols()),
+            d: Mat::zeros(self.d.nrows(), self.d.ncols()),
+        }
     }
     /// Parameter blocks with their gradients, `[widths, heights, slopes]`.
     ///

@@ -84,7 +84,16 @@ impl<T: Real> Transform<T> for SplineActivation<T> {
         SplineActivation::forward(self, x, y, logdet, ws.par())?;
         Ok(ws.record(x))
     }
-    fn backward(&self, tape: Tape, x: MatRef<'_, T>, dy: MatRef<'_, T>, dx: MatMut<'_, T>, grads: &mut Grads<T>, ws: &mut Workspace<T>, _lambda: T) -> Result<f64> {
+    fn backward(
+        &self,
+        tape: Tape,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        dx: MatMut<'_, T>,
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+        _lambda: T,
+    ) -> Result<f64> {
         ws.consume(tape, x)?;
         SplineActivation::backward(self, x, dy, dx, grads.downcast_mut()?, ws.par()).map(|_| 0.0)
     }

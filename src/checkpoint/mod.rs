@@ -271,7 +271,11 @@ impl<T: Real> Checkpoint<T> {
             let names: Vec<String> = by_name.keys().filter(|n| n.starts_with(&prefix)).cloned().collect();
             let views = names.into_iter().filter_map(|n| by_name.remove(&n).map(|v| (n[prefix.len()..].to_string(), v))).collect();
             let mut ts = LayerTensors::new(views);
-            layers.push(registry.build(spec, &mut ts).map_err(|e| invalid(Error::InvalidArgument { op: "Checkpoint::from_bytes", reason: format!("layer {k}: {e}") }))?);
+            layers.push(
+                registry
+                    .build(spec, &mut ts)
+                    .map_err(|e| invalid(Error::InvalidArgument { op: "Checkpoint::from_bytes", reason: format!("layer {k}: {e}") }))?,
+            );
         }
         let mut take = |name: String| -> Result<Mat<T>> {
             let v = by_name.remove(&name).ok_or_else(|| format(format!("missing tensor {name}")))?;

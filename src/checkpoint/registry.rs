@@ -32,7 +32,8 @@ impl<'a, T: Real> LayerTensors<'a, T> {
     /// [`Error::InvalidArgument`] when it is missing or not a 2-D float tensor.
     pub fn take(&mut self, name: &str) -> Result<Mat<T>> {
         let v = self.views.remove(name).ok_or_else(|| Error::InvalidArgument { op: "LayerTensors::take", reason: format!("missing tensor {name}") })?;
-        tensors::decode::<T>(v.dtype(), v.shape(), v.data()).map_err(|e| Error::InvalidArgument { op: "LayerTensors::take", reason: format!("tensor {name}: {e}") })
+        tensors::decode::<T>(v.dtype(), v.shape(), v.data())
+            .map_err(|e| Error::InvalidArgument { op: "LayerTensors::take", reason: format!("tensor {name}: {e}") })
     }
     /// Names not taken yet.
     pub fn remaining(&self) -> impl Iterator<Item = &str> {
@@ -55,7 +56,8 @@ impl<T: Real> std::fmt::Debug for Registry<T> {
 }
 
 /// The built-in kinds.
-const BUILTIN: [&str; 10] = ["preprocess", "snf-linear", "exact-linear", "snf-conv", "exact-conv", "smooth-leaky-relu", "leaky-relu", "squeeze", "spline", "split"];
+const BUILTIN: [&str; 10] =
+    ["preprocess", "snf-linear", "exact-linear", "snf-conv", "exact-conv", "smooth-leaky-relu", "leaky-relu", "squeeze", "spline", "split"];
 
 fn build_builtin<T: Real>(spec: &serde_json::Value, tensors: &mut LayerTensors<'_, T>) -> Result<Box<dyn Transform<T>>> {
     let spec: LayerSpec = serde_json::from_value(spec.clone()).map_err(|e| Error::InvalidArgument { op: "Registry::build", reason: e.to_string() })?;
@@ -87,8 +89,12 @@ impl<T: Real> Registry<T> {
     /// over; the constructor's errors.
     pub fn build(&self, spec: &serde_json::Value, tensors: &mut LayerTensors<'_, T>) -> Result<Box<dyn Transform<T>>> {
         const OP: &str = "Registry::build";
-        let kind = spec.get("kind").and_then(|k| k.as_str()).ok_or_else(|| Error::InvalidArgument { op: OP, reason: "a layer spec without a \"kind\"".into() })?;
-        let b = self.builders.get(kind).ok_or_else(|| Error::InvalidArgument { op: OP, reason: format!("unknown transform kind {kind:?} (register it with Registry::register)") })?;
+        let kind =
+            spec.get("kind").and_then(|k| k.as_str()).ok_or_else(|| Error::InvalidArgument { op: OP, reason: "a layer spec without a \"kind\"".into() })?;
+        let b = self
+            .builders
+            .get(kind)
+            .ok_or_else(|| Error::InvalidArgument { op: OP, reason: format!("unknown transform kind {kind:?} (register it with Registry::register)") })?;
         let t = b(spec, tensors)?;
         if let Some(extra) = tensors.remaining().next() {
             return Err(Error::InvalidArgument { op: OP, reason: format!("unexpected tensor {extra} for a {kind} layer") });

@@ -36,14 +36,7 @@ impl<T: Real> Chunk<T> {
         let (kr, kc) = geom.kernel_shape();
         let p = geom.out_positions();
         let xs = if is_flat_shift(geom) { Mat::zeros(block * p, geom.in_channels()) } else { Mat::zeros(0, 0) };
-        Self {
-            cols: Mat::zeros(block * p, kr),
-            stacked: Mat::zeros(block * p, kc),
-            xs,
-            dk: Mat::zeros(kr, kc),
-            scalar: 0.0,
-            sums: vec![0.0; kc],
-        }
+        Self { cols: Mat::zeros(block * p, kr), stacked: Mat::zeros(block * p, kc), xs, dk: Mat::zeros(kr, kc), scalar: 0.0, sums: vec![0.0; kc] }
     }
 }
 
@@ -104,15 +97,7 @@ pub(crate) fn lower_stacked<T: Real>(plan: Plan<'_>, xs: &Mat<T>, nb: usize, g: 
 
 /// `z = accum(z) + alpha * T(k) x` for the columns of one chunk.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn forward_chunk<T: Real>(
-    plan: Plan<'_>,
-    c: &mut Chunk<T>,
-    k: MatRef<'_, T>,
-    x: BatchRef<'_, T>,
-    mut z: BatchMut<'_, T>,
-    alpha: T,
-    accum: Accum,
-) {
+pub(crate) fn forward_chunk<T: Real>(plan: Plan<'_>, c: &mut Chunk<T>, k: MatRef<'_, T>, x: BatchRef<'_, T>, mut z: BatchMut<'_, T>, alpha: T, accum: Accum) {
     let geom = plan.geom;
     let flat = is_flat_shift(geom);
     let (p, og) = (geom.out_positions(), geom.out_per_group());
@@ -228,9 +213,7 @@ pub(crate) fn reduce_dk<T: Real>(chunks: &[Chunk<T>], dk: MatMut<'_, T>, alpha: 
     let mut dk = dk;
     for (n, c) in chunks.iter().enumerate() {
         let first = n == 0 && matches!(accum, Accum::Replace);
-        faer::zip!(dk.rb_mut(), c.dk.as_ref()).for_each(|faer::unzip!(d, s)| {
-            *d = if first { alpha * *s } else { *d + alpha * *s }
-        });
+        faer::zip!(dk.rb_mut(), c.dk.as_ref()).for_each(|faer::unzip!(d, s)| *d = if first { alpha * *s } else { *d + alpha * *s });
     }
     if chunks.is_empty() && matches!(accum, Accum::Replace) {
         dk.fill(T::from_f64(0.0));

@@ -128,13 +128,7 @@ impl Conv2dGeometry {
             }
         }
         if s.in_channels % s.groups != 0 || s.out_channels % s.groups != 0 {
-            return Err(invalid(
-                OP,
-                format!(
-                    "channels ({} in, {} out) must be divisible by groups ({})",
-                    s.in_channels, s.out_channels, s.groups
-                ),
-            ));
+            return Err(invalid(OP, format!("channels ({} in, {} out) must be divisible by groups ({})", s.in_channels, s.out_channels, s.groups)));
         }
         let mut out = [0; 2];
         for a in 0..2 {
@@ -145,13 +139,7 @@ impl Conv2dGeometry {
                     out[a] = (padded - extent) / s.stride[a] + 1;
                 }
                 (Some(padded), Some(extent)) if padded <= MAX_ELEMS => {
-                    return Err(invalid(
-                        OP,
-                        format!(
-                            "dilated kernel extent {extent} exceeds padded input {padded} along the {}",
-                            ["height", "width"][a]
-                        ),
-                    ))
+                    return Err(invalid(OP, format!("dilated kernel extent {extent} exceeds padded input {padded} along the {}", ["height", "width"][a])))
                 }
                 _ => return Err(invalid(OP, format!("sizes exceed the supported maximum of {MAX_ELEMS}"))),
             }
@@ -237,8 +225,7 @@ impl Conv2dGeometry {
     /// padding, so the kernel is odd wherever the dilation is odd). See `proofs/conv.md` §2.
     pub fn is_self_transpose(&self) -> bool {
         let s = &self.spec;
-        s.in_channels == s.out_channels
-            && (0..2).all(|a| s.stride[a] == 1 && 2 * s.padding[a] == s.dilation[a] * (s.kernel[a] - 1))
+        s.in_channels == s.out_channels && (0..2).all(|a| s.stride[a] == 1 && 2 * s.padding[a] == s.dilation[a] * (s.kernel[a] - 1))
     }
 
     /// The geometry $\mathcal G'$ of the transpose: $\mathcal T_{\mathcal G'}(\mathrm{flip}\,k)
@@ -259,9 +246,7 @@ impl Conv2dGeometry {
                 return Err(invalid(OP, "the transpose of a strided convolution is not a convolution".into()));
             }
             let reach = s.dilation[a] * (s.kernel[a] - 1);
-            *pad = reach.checked_sub(s.padding[a]).ok_or_else(|| {
-                invalid(OP, format!("padding {} exceeds the kernel reach {reach}", s.padding[a]))
-            })?;
+            *pad = reach.checked_sub(s.padding[a]).ok_or_else(|| invalid(OP, format!("padding {} exceeds the kernel reach {reach}", s.padding[a])))?;
         }
         Self::new(Conv2dSpec {
             in_channels: s.out_channels,
@@ -279,11 +264,7 @@ impl Conv2dGeometry {
     /// $d(K-1)/2$ (used for the asymmetric inverse kernel of Appendix A.4).
     pub(crate) fn with_kernel_same(&self, kernel: [usize; 2]) -> Result<Self> {
         let s = self.spec;
-        Self::new(Conv2dSpec {
-            kernel,
-            padding: [s.dilation[0] * (kernel[0].max(1) - 1) / 2, s.dilation[1] * (kernel[1].max(1) - 1) / 2],
-            ..s
-        })
+        Self::new(Conv2dSpec { kernel, padding: [s.dilation[0] * (kernel[0].max(1) - 1) / 2, s.dilation[1] * (kernel[1].max(1) - 1) / 2], ..s })
     }
 }
 

@@ -35,15 +35,7 @@ pub(crate) fn is_flat_shift(geom: &Conv2dGeometry) -> bool {
 ///
 /// The block is written to rows `row0 .. row0 + nb * P` and columns `col0 .. col0 + taps`
 /// of `cols` (so a caller can keep the lowering of a whole batch).
-pub(crate) fn im2col_stacked<T: Real>(
-    geom: &Conv2dGeometry,
-    xs: &Mat<T>,
-    nb: usize,
-    g: usize,
-    cols: &mut Mat<T>,
-    row0: usize,
-    col0: usize,
-) {
+pub(crate) fn im2col_stacked<T: Real>(geom: &Conv2dGeometry, xs: &Mat<T>, nb: usize, g: usize, cols: &mut Mat<T>, row0: usize, col0: usize) {
     let s = geom.spec();
     let [h, w] = s.input;
     let [kh, kw] = s.kernel;

@@ -84,13 +84,7 @@ pub fn multiplicity<T: Real>(geom: &Conv2dGeometry) -> Result<Mat<T>> {
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] on wrong shapes, [`Error::InvalidConv`] on a parity mismatch.
-pub fn resize_centered_into<T: Real>(
-    k: MatRef<'_, T>,
-    in_per_group: usize,
-    from: [usize; 2],
-    to: [usize; 2],
-    out: MatMut<'_, T>,
-) -> Result<()> {
+pub fn resize_centered_into<T: Real>(k: MatRef<'_, T>, in_per_group: usize, from: [usize; 2], to: [usize; 2], out: MatMut<'_, T>) -> Result<()> {
     const OP: &str = "conv::resize_centered_into";
     if (0..2).any(|a| from[a] % 2 != to[a] % 2) {
         return Err(Error::InvalidConv { op: OP, reason: format!("kernel sizes {from:?} and {to:?} differ in parity") });
@@ -126,10 +120,7 @@ pub fn resize_centered_into<T: Real>(
 /// even (then no tap has offset zero and no kernel is the identity).
 pub fn dirac<T: Real>(geom: &Conv2dGeometry) -> Result<Mat<T>> {
     if !geom.is_self_transpose() || geom.kernel_size().iter().any(|k| k % 2 == 0) {
-        return Err(Error::InvalidConv {
-            op: "conv::dirac",
-            reason: "only a channels->channels, stride-1, 'same' convolution has an identity kernel".into(),
-        });
+        return Err(Error::InvalidConv { op: "conv::dirac", reason: "only a channels->channels, stride-1, 'same' convolution has an identity kernel".into() });
     }
     let (kr, kc) = geom.kernel_shape();
     let [kh, kw] = geom.kernel_size();

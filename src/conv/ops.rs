@@ -2,10 +2,7 @@
 
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
-use super::chunk::{
-    chunks_used, for_chunks, forward_chunk, input_grad_chunk, reduce_dk, weight_grad_chunk, BatchMut, BatchRef, Chunk,
-    Plan,
-};
+use super::chunk::{chunks_used, for_chunks, forward_chunk, input_grad_chunk, reduce_dk, weight_grad_chunk, BatchMut, BatchRef, Chunk, Plan};
 use super::Conv2dGeometry;
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
@@ -115,11 +112,7 @@ impl<T: Real> Conv2d<T> {
         if let (Some(k), Some(fk)) = (transpose_of, self.flipped.as_mut()) {
             super::flip_into(&self.geom, k, fk.as_mut())?;
         }
-        Ok(Parts {
-            plan: Plan { geom: &self.geom, block: self.block },
-            chunks: &mut self.chunks,
-            flipped: self.flipped.as_ref().map(|f| f.as_ref()),
-        })
+        Ok(Parts { plan: Plan { geom: &self.geom, block: self.block }, chunks: &mut self.chunks, flipped: self.flipped.as_ref().map(|f| f.as_ref()) })
     }
 
     fn check_kernel(&self, op: &'static str, k: (usize, usize)) -> Result<()> {
@@ -154,14 +147,7 @@ impl<T: Real> Conv2d<T> {
     ///
     /// # Errors
     /// As [`forward`](Self::forward).
-    pub fn input_grad(
-        &mut self,
-        k: MatRef<'_, T>,
-        dz: MatRef<'_, T>,
-        dx: MatMut<'_, T>,
-        alpha: T,
-        accum: Accum,
-    ) -> Result<()> {
+    pub fn input_grad(&mut self, k: MatRef<'_, T>, dz: MatRef<'_, T>, dx: MatMut<'_, T>, alpha: T, accum: Accum) -> Result<()> {
         const OP: &str = "Conv2d::input_grad";
         self.check_kernel(OP, (k.nrows(), k.ncols()))?;
         let b = dz.ncols();
@@ -185,14 +171,7 @@ impl<T: Real> Conv2d<T> {
     ///
     /// # Errors
     /// As [`forward`](Self::forward).
-    pub fn weight_grad(
-        &mut self,
-        x: MatRef<'_, T>,
-        dz: MatRef<'_, T>,
-        dk: MatMut<'_, T>,
-        alpha: T,
-        accum: Accum,
-    ) -> Result<()> {
+    pub fn weight_grad(&mut self, x: MatRef<'_, T>, dz: MatRef<'_, T>, dk: MatMut<'_, T>, alpha: T, accum: Accum) -> Result<()> {
         const OP: &str = "Conv2d::weight_grad";
         self.check_kernel(OP, (dk.nrows(), dk.ncols()))?;
         let b = x.ncols();

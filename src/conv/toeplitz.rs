@@ -77,13 +77,7 @@ pub fn conv_matrix<T: Real>(geom: &Conv2dGeometry, k: MatRef<'_, T>) -> Result<M
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) if `a` or `out` has the wrong shape.
-pub fn project_onto_kernel<T: Real>(
-    geom: &Conv2dGeometry,
-    a: MatRef<'_, T>,
-    out: MatMut<'_, T>,
-    alpha: T,
-    accum: Accum,
-) -> Result<()> {
+pub fn project_onto_kernel<T: Real>(geom: &Conv2dGeometry, a: MatRef<'_, T>, out: MatMut<'_, T>, alpha: T, accum: Accum) -> Result<()> {
     const OP: &str = "conv::project_onto_kernel";
     check_shape(OP, (geom.out_len(), geom.in_len()), (a.nrows(), a.ncols()))?;
     check_shape(OP, geom.kernel_shape(), (out.nrows(), out.ncols()))?;

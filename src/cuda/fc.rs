@@ -91,7 +91,17 @@ impl<'g> GpuFc<'g> {
             idx: gpu.stream.alloc_zeros::<i32>(max_batch).map_err(|x| Error::Gpu { op: OP, reason: x.to_string() })?,
             scratch: Scratch::new(gpu, d, max_batch)?,
         };
-        Ok(Self { gpu, d, max_batch, alpha_pre: pre.alpha() as f32, alpha_slr: slr.alpha() as f32, layers: [layer(l1)?, layer(l2)?], buf, steps: 0, data: None })
+        Ok(Self {
+            gpu,
+            d,
+            max_batch,
+            alpha_pre: pre.alpha() as f32,
+            alpha_slr: slr.alpha() as f32,
+            layers: [layer(l1)?, layer(l2)?],
+            buf,
+            steps: 0,
+            data: None,
+        })
     }
 
     /// Copy the trained parameters back into `flow` (a flow of the same shape), e.g. for

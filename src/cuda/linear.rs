@@ -228,7 +228,8 @@ impl ExactLinear {
             let (info, _gi) = self.info.device_ptr_mut(s);
             // SAFETY: lu is d x d (lda d), work has the size getrf_bufferSize asked for,
             // ipiv holds d pivots, info one int
-            let st = unsafe { cudarc::cusolver::sys::cusolverDnSgetrf(self.solver.cu(), di, di, a as *mut f32, di, w as *mut f32, p as *mut i32, info as *mut i32) };
+            let st =
+                unsafe { cudarc::cusolver::sys::cusolverDnSgetrf(self.solver.cu(), di, di, a as *mut f32, di, w as *mut f32, p as *mut i32, info as *mut i32) };
             if st != cudarc::cusolver::sys::cusolverStatus_t::CUSOLVER_STATUS_SUCCESS {
                 return Err(gpu_err(OP, format!("getrf: {st:?}")));
             }

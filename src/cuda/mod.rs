@@ -189,4 +189,3 @@ impl Gpu {
 pub(crate) fn launched(r: std::result::Result<Option<(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>, cudarc::driver::DriverError>) -> Result<()> {
     r.map(|_| ()).map_err(|x| Error::Gpu { op: "Gpu::launch", reason: x.to_string() })
 }
-

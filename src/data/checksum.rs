@@ -41,10 +41,11 @@ pub fn parse_sums(text: &str, path: &str) -> Result<Vec<(String, String)>, DataE
 /// [`DataError::Inconsistent`] if `name` is not listed, [`DataError::Checksum`] if the
 /// digest differs.
 pub fn verify(bytes: &[u8], name: &str, sums: &[(String, String)], path: &Path) -> Result<(), DataError> {
-    let expected = sums.iter().find(|(n, _)| n == name).map(|(_, h)| h.clone()).ok_or_else(|| DataError::Inconsistent {
-        path: path.display().to_string(),
-        reason: format!("no checksum listed for {name}"),
-    })?;
+    let expected = sums
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, h)| h.clone())
+        .ok_or_else(|| DataError::Inconsistent { path: path.display().to_string(), reason: format!("no checksum listed for {name}") })?;
     let got = sha256_hex(bytes);
     if got != expected {
         return Err(DataError::Checksum { path: path.display().to_string(), expected, got });

@@ -44,10 +44,7 @@ pub fn parse_idx(bytes: &[u8], path: &str) -> Result<IdxArray, DataError> {
     let Some(dim_bytes) = bytes.get(4..header) else {
         return Err(bad(format!("{} bytes is too short for {nd} dimensions", bytes.len())));
     };
-    let dims: Vec<usize> = dim_bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> = dim_bytes.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     let got = (bytes.len() - header) as u64;
     let expected = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).filter(|&n| n <= MAX_BYTES);
     match expected {
@@ -76,10 +73,7 @@ pub fn decode_maybe_gz(raw: Vec<u8>, path: &str) -> Result<Vec<u8>, DataError> {
     let io = |e: std::io::Error| DataError::Io { path: path.to_string(), reason: e.to_string() };
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .take(MAX_BYTES + 1)
-            .read_to_end(&mut out)
-            .map_err(io)?;
+        flate2::read::MultiGzDecoder::new(&raw[..]).take(MAX_BYTES + 1).read_to_end(&mut out).map_err(io)?;
         Ok(out)
     } else {
         Ok(raw)

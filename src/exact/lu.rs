@@ -1,9 +1,9 @@
 //! A reusable partial-pivot LU factorisation, $PA = LU$.
 
 use dyn_stack::{MemBuffer, MemStack, StackReq};
-use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::linalg::lu::partial_pivoting::{factor, inverse, solve};
 use faer::perm::PermRef;
+use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Mat, MatMut, MatRef, Par};
 
 use crate::error::{Error, Result};
@@ -42,10 +42,7 @@ pub struct Lu<T: Real> {
 
 impl<T: Real> core::fmt::Debug for Lu<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Lu")
-            .field("dim", &self.dim())
-            .field("factored", &self.factored)
-            .finish_non_exhaustive()
+        f.debug_struct("Lu").field("dim", &self.dim()).field("factored", &self.factored).finish_non_exhaustive()
     }
 }
 
@@ -61,16 +58,7 @@ impl<T: Real> Lu<T> {
             solve::solve_transpose_in_place_scratch::<usize, T>(n, rhs_chunk, par),
             inverse::inverse_scratch::<usize, T>(n, par),
         ]);
-        Self {
-            lu: Mat::zeros(n, n),
-            perm: vec![0; n],
-            perm_inv: vec![0; n],
-            scratch: MemBuffer::new(req),
-            rhs_chunk,
-            par,
-            factored: false,
-            transpositions: 0,
-        }
+        Self { lu: Mat::zeros(n, n), perm: vec![0; n], perm_inv: vec![0; n], scratch: MemBuffer::new(req), rhs_chunk, par, factored: false, transpositions: 0 }
     }
 
     /// The dimension `n` this workspace was made for.
@@ -94,14 +82,7 @@ impl<T: Real> Lu<T> {
         }
         self.lu.copy_from(a);
         let stack = MemStack::new(&mut self.scratch);
-        let (info, _) = factor::lu_in_place(
-            self.lu.as_mut(),
-            &mut self.perm,
-            &mut self.perm_inv,
-            self.par,
-            stack,
-            Default::default(),
-        );
+        let (info, _) = factor::lu_in_place(self.lu.as_mut(), &mut self.perm, &mut self.perm_inv, self.par, stack, Default::default());
         self.transpositions = info.transposition_count;
         // Rank test on the diagonal of U. A zero pivot makes faer divide by zero below
         // it, so a singular matrix can also leave non-finite entries: test rank first.
@@ -164,11 +145,7 @@ impl<T: Real> Lu<T> {
     fn check_rhs(&self, op: &'static str, rhs: &MatMut<'_, T>) -> Result<()> {
         self.ensure_factored(op)?;
         if rhs.nrows() != self.dim() {
-            return Err(Error::ShapeMismatch {
-                op,
-                expected: (self.dim(), rhs.ncols()),
-                got: (rhs.nrows(), rhs.ncols()),
-            });
+            return Err(Error::ShapeMismatch { op, expected: (self.dim(), rhs.ncols()), got: (rhs.nrows(), rhs.ncols()) });
         }
         Ok(())
     }
@@ -244,5 +221,4 @@ impl<T: Real> Lu<T> {
     pub fn inverse_transpose_into(&mut self, out: MatMut<'_, T>) -> Result<()> {
         self.inverse_into(out.transpose_mut())
     }
-
 }

@@ -217,7 +217,10 @@ impl<T: Real> Flow<T> {
             let cur = shapes[k];
             let next = l.output_shape(cur).map_err(|e| Error::InvalidArgument { op: OP, reason: format!("transform {k} ({}): {e}", l.kind()) })?;
             if next.dim() > cur.dim() || next.dim() == 0 {
-                return Err(Error::InvalidArgument { op: OP, reason: format!("transform {k} ({}) maps {cur} to {next}: a transform may only keep or factor out rows", l.kind()) });
+                return Err(Error::InvalidArgument {
+                    op: OP,
+                    reason: format!("transform {k} ({}) maps {cur} to {next}: a transform may only keep or factor out rows", l.kind()),
+                });
             }
             shapes.push(next);
         }
@@ -370,7 +373,8 @@ impl<T: Real> Flow<T> {
             let d = self.shapes[k].dim();
             let (lo, hi) = ws.h.split_at_mut(k + 1);
             ws.tapes[k] = None;
-            let tape = layer.forward(lo[k].as_ref().subrows(0, d).subcols(0, b), hi[0].as_mut().subrows_mut(0, d).subcols_mut(0, b), logdet, &mut ws.layers[k])?;
+            let tape =
+                layer.forward(lo[k].as_ref().subrows(0, d).subcols(0, b), hi[0].as_mut().subrows_mut(0, d).subcols_mut(0, b), logdet, &mut ws.layers[k])?;
             ws.tapes[k] = Some(tape);
         }
         Self::assemble(&self.shapes, &ws.h, ws.z.as_mut(), b);
@@ -518,10 +522,26 @@ impl<T: Real> Flow<T> {
                     let scratch = gc.scratch.as_mut().subrows_mut(0, d).subcols_mut(0, b);
                     ws.tapes[k] = None;
                     let t = layer.forward(xf, scratch, scratch_ld, lw)?;
-                    layer.backward(t, xf, fin.as_ref().subrows(0, d).subcols(0, b), fout.as_mut().subrows_mut(0, d).subcols_mut(0, b), &mut grads.layers[k], lw, lambda)?;
+                    layer.backward(
+                        t,
+                        xf,
+                        fin.as_ref().subrows(0, d).subcols(0, b),
+                        fout.as_mut().subrows_mut(0, d).subcols_mut(0, b),
+                        &mut grads.layers[k],
+                        lw,
+                        lambda,
+                    )?;
                     let scratch = gc.scratch.as_mut().subrows_mut(0, d).subcols_mut(0, b);
                     let t = layer.forward(xg, scratch, scratch_ld, lw)?;
-                    layer.backward(t, xg, gin.as_ref().subrows(0, d).subcols(0, b), gout.as_mut().subrows_mut(0, d).subcols_mut(0, b), &mut gc.grads[k], lw, lambda)?;
+                    layer.backward(
+                        t,
+                        xg,
+                        gin.as_ref().subrows(0, d).subcols(0, b),
+                        gout.as_mut().subrows_mut(0, d).subcols_mut(0, b),
+                        &mut gc.grads[k],
+                        lw,
+                        lambda,
+                    )?;
                     for (mut a, bb) in grads.layers[k].blocks_mut().into_iter().zip(gc.grads[k].blocks()) {
                         faer::zip!(a.rb_mut(), bb).for_each(|faer::unzip!(a, b)| *a = (*a + *b) * half);
                     }

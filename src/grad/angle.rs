@@ -33,10 +33,7 @@ use crate::util::sum_sq;
 pub fn angle_degrees<T: Real>(a: &[MatRef<'_, T>], b: &[MatRef<'_, T>]) -> Result<f64> {
     const OP: &str = "grad::angle_degrees";
     if a.len() != b.len() {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            reason: format!("{} blocks vs {} blocks", a.len(), b.len()),
-        });
+        return Err(Error::InvalidArgument { op: OP, reason: format!("{} blocks vs {} blocks", a.len(), b.len()) });
     }
     let (mut na2, mut nb2) = (0.0f64, 0.0f64);
     for (x, y) in a.iter().zip(b) {

@@ -51,34 +51,20 @@ pub(crate) fn next_stamp() -> u64 {
 }
 
 /// Check a `dim x B` batch against a workspace holding `1..=max_batch` columns; return `B`.
-pub(crate) fn check_batch<T: crate::Real>(
-    op: &'static str,
-    a: faer::MatRef<'_, T>,
-    dim: usize,
-    max_batch: usize,
-) -> crate::Result<usize> {
+pub(crate) fn check_batch<T: crate::Real>(op: &'static str, a: faer::MatRef<'_, T>, dim: usize, max_batch: usize) -> crate::Result<usize> {
     let b = a.ncols();
     if a.nrows() != dim {
         return Err(crate::Error::ShapeMismatch { op, expected: (dim, b), got: (a.nrows(), b) });
     }
     if b == 0 || b > max_batch {
-        return Err(crate::Error::InvalidArgument {
-            op,
-            reason: format!("batch of {b} columns; this workspace holds 1..={max_batch}"),
-        });
+        return Err(crate::Error::InvalidArgument { op, reason: format!("batch of {b} columns; this workspace holds 1..={max_batch}") });
     }
     Ok(b)
 }
 
 /// The operand checks every backward pass makes: each of `shapes` (incoming deltas and
 /// outgoing buffers, as `(rows, cols)`) is `d x b`, and λ is finite.
-pub(crate) fn check_backward_operands<T: crate::Real>(
-    op: &'static str,
-    d: usize,
-    b: usize,
-    shapes: &[(usize, usize)],
-    lambda: T,
-) -> crate::Result<()> {
+pub(crate) fn check_backward_operands<T: crate::Real>(op: &'static str, d: usize, b: usize, shapes: &[(usize, usize)], lambda: T) -> crate::Result<()> {
     for &got in shapes {
         crate::error::check_shape(op, (d, b), got)?;
     }

@@ -152,7 +152,16 @@ impl<T: Real> Transform<T> for Split<T> {
         }
         Ok(ws.record(x))
     }
-    fn backward(&self, tape: Tape, x: MatRef<'_, T>, dy: MatRef<'_, T>, dx: MatMut<'_, T>, grads: &mut Grads<T>, ws: &mut Workspace<T>, _lambda: T) -> Result<f64> {
+    fn backward(
+        &self,
+        tape: Tape,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        dx: MatMut<'_, T>,
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+        _lambda: T,
+    ) -> Result<f64> {
         const OP: &str = "Split::backward";
         ws.consume(tape, x)?;
         let b = self.check(OP, x, (dy.nrows(), dy.ncols()), ws)?;

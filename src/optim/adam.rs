@@ -56,12 +56,8 @@ impl<T: Real> Adam<T> {
     /// # Errors
     /// [`Error::InvalidArgument`] unless `lr > 0`, `0 <= beta < 1`, `eps > 0`, all finite.
     pub fn new(cfg: AdamConfig, shapes: impl IntoIterator<Item = (usize, usize)>) -> Result<Self> {
-        let ok = cfg.lr.is_finite()
-            && cfg.lr > 0.0
-            && (0.0..1.0).contains(&cfg.beta1)
-            && (0.0..1.0).contains(&cfg.beta2)
-            && cfg.eps.is_finite()
-            && cfg.eps > 0.0;
+        let ok =
+            cfg.lr.is_finite() && cfg.lr > 0.0 && (0.0..1.0).contains(&cfg.beta1) && (0.0..1.0).contains(&cfg.beta2) && cfg.eps.is_finite() && cfg.eps > 0.0;
         if !ok {
             return Err(Error::InvalidArgument { op: "Adam::new", reason: format!("bad config {cfg:?}") });
         }
@@ -154,7 +150,8 @@ impl<T: Real> Adam<T> {
             // A square block handed over as a transposed view (e.g. the linear layer's R,
             // stored as R^T) is updated through its storage order: element-wise, the
             // update is the same, and contiguous columns vectorise.
-            let (p, g) = if p.nrows() == p.ncols() && p.nrows() > 1 && p.col_stride() == 1 && p.row_stride() != 1 { (p.transpose_mut(), g.transpose()) } else { (p, g) };
+            let (p, g) =
+                if p.nrows() == p.ncols() && p.nrows() > 1 && p.col_stride() == 1 && p.row_stride() != 1 { (p.transpose_mut(), g.transpose()) } else { (p, g) };
             crate::error::check_shape(OP, (m.nrows(), m.ncols()), (p.nrows(), p.ncols()))?;
             crate::error::check_shape(OP, (m.nrows(), m.ncols()), (g.nrows(), g.ncols()))?;
             crate::util::par_cols(((p, g), (m.as_mut(), v.as_mut())), self.par, &|((p, g), (m, v))| {

@@ -79,7 +79,10 @@ impl TrainConfig {
             Lambda::Geco(g) if !pos(g.rate) => return bad("geco_rate", g.rate),
             Lambda::Geco(g) if !pos(g.lambda) => return bad("lambda", g.lambda),
             Lambda::Geco(g) if !(pos(g.min) && g.max >= g.min && g.lambda >= g.min && g.lambda <= g.max) => {
-                return Err(Error::InvalidConfig { field: "geco_bounds", reason: format!("need 0 < min <= lambda <= max, got {} <= {} <= {}", g.min, g.lambda, g.max) })
+                return Err(Error::InvalidConfig {
+                    field: "geco_bounds",
+                    reason: format!("need 0 < min <= lambda <= max, got {} <= {} <= {}", g.min, g.lambda, g.max),
+                })
             }
             Lambda::Geco(g) if !(g.ema >= 0.0 && g.ema < 1.0) => {
                 return Err(Error::InvalidConfig { field: "geco_ema", reason: format!("must be in [0, 1), got {}", g.ema) })
@@ -87,7 +90,10 @@ impl TrainConfig {
             _ => {}
         }
         if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
-            return Err(Error::InvalidConfig { field: "warmup_epochs", reason: format!("must be a non-negative number of epochs, got {}", self.warmup_epochs) });
+            return Err(Error::InvalidConfig {
+                field: "warmup_epochs",
+                reason: format!("must be a non-negative number of epochs, got {}", self.warmup_epochs),
+            });
         }
         if self.max_reconstruction_error.is_nan() || self.max_reconstruction_error <= 0.0 {
             return bad("max_reconstruction_error", self.max_reconstruction_error);
@@ -502,7 +508,12 @@ pub fn evaluate_given<T: Real, D: Dataset>(
     if batch_size == 0 || batch_size > ws.max_batch() || batch.ncols() < batch_size || batch.nrows() != flow.dim() {
         return Err(Error::InvalidArgument {
             op: OP,
-            reason: format!("batch size {batch_size} must be positive and fit the workspace ({}) and the {}x{} buffer", ws.max_batch(), batch.nrows(), batch.ncols()),
+            reason: format!(
+                "batch size {batch_size} must be positive and fit the workspace ({}) and the {}x{} buffer",
+                ws.max_batch(),
+                batch.nrows(),
+                batch.ncols()
+            ),
         });
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_E7A1);

@@ -5,8 +5,8 @@ use std::any::Any;
 
 use faer::Mat;
 
-use crate::error::{Error, Result};
 use super::{Blocks, BlocksMut};
+use crate::error::{Error, Result};
 use crate::real::Real;
 
 /// Storage for a transform's gradient blocks. Built-in layers keep their own typed

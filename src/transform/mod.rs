@@ -100,7 +100,16 @@ pub trait Transform<T: Real>: CloneTransform<T> + std::any::Any + Send + Sync + 
     /// # Errors
     /// A stale or foreign `tape`; shape errors; the layer's own errors.
     #[allow(clippy::too_many_arguments)]
-    fn backward(&self, tape: Tape, x: MatRef<'_, T>, dy: MatRef<'_, T>, dx: MatMut<'_, T>, grads: &mut Grads<T>, ws: &mut Workspace<T>, lambda: T) -> Result<f64>;
+    fn backward(
+        &self,
+        tape: Tape,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        dx: MatMut<'_, T>,
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+        lambda: T,
+    ) -> Result<f64>;
 
     /// The exact inverse $x = f^{-1}(y)$.
     ///

@@ -113,7 +113,11 @@ fn eval<T: Real>(a: &Args, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     } else {
         println!("{split_name} NLL: {nll:.3} nats/image, {bpd:.5} bits/dim over {} images", examples.len());
         println!("data:        {} ({split_name} split)", describe_data(&s));
-        println!("checkpoint:  {}{}", path.display(), meta.as_ref().map_or(String::new(), |m| format!(" (epoch {}, logged validation NLL {:.3})", m.epoch, m.val_nll)));
+        println!(
+            "checkpoint:  {}{}",
+            path.display(),
+            meta.as_ref().map_or(String::new(), |m| format!(" (epoch {}, logged validation NLL {:.3})", m.epoch, m.val_nll))
+        );
         if a.recompute_log_det {
             println!("log-dets:    recomputed {static_ld:.6}, cached {:.6}", ck.static_log_det);
         }

@@ -42,7 +42,8 @@ fn register_font() {
     });
 }
 
-const COLORS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+const COLORS: [RGBColor; 6] =
+    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(255, 127, 14), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
 
 /// Series `i` of `n`: the six-colour palette while it suffices, else `n` hues spread
 /// evenly around the colour wheel (so 18 angle series get 18 colours).
@@ -79,10 +80,8 @@ pub fn plot_runs(runs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
         data.push((name, RunDir::new(r.clone()).read_metrics()?));
     }
     let finite = |p: &(f64, f64)| p.0.is_finite() && p.1.is_finite();
-    let by_epoch: Vec<Series> = data
-        .iter()
-        .map(|(n, h)| Series { label: n.clone(), points: h.iter().map(|r| (r.epoch as f64, r.val_nll)).filter(finite).collect() })
-        .collect();
+    let by_epoch: Vec<Series> =
+        data.iter().map(|(n, h)| Series { label: n.clone(), points: h.iter().map(|r| (r.epoch as f64, r.val_nll)).filter(finite).collect() }).collect();
     let by_time: Vec<Series> = data
         .iter()
         .map(|(n, h)| {
@@ -190,26 +189,26 @@ where
 {
     {
         {
-        chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).label_style(("sans-serif", 15)).draw().map_err(|e| err(e.to_string()))?;
-        for (i, s) in series.iter().enumerate() {
-            let color = color_of(i, series.len());
-            chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
-                .map_err(|e| err(e.to_string()))?
-                .label(s.label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(e.to_string()))?;
+            chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).label_style(("sans-serif", 15)).draw().map_err(|e| err(e.to_string()))?;
+            for (i, s) in series.iter().enumerate() {
+                let color = color_of(i, series.len());
+                chart
+                    .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+                    .map_err(|e| err(e.to_string()))?
+                    .label(s.label.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(e.to_string()))?;
+            }
+            if !series.is_empty() {
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .label_font(("sans-serif", 14))
+                    .draw()
+                    .map_err(|e| err(e.to_string()))?;
+            }
         }
-        if !series.is_empty() {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 14))
-                .draw()
-                .map_err(|e| err(e.to_string()))?;
-        }
-    }
     }
     Ok(())
 }

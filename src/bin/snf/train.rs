@@ -171,7 +171,8 @@ fn resume<T: Real>(bytes: &[u8], dir: &RunDir, a: &Args) -> Result<()> {
         None => None,
         Some((e, _)) => {
             let b = Checkpoint::<T>::load(&dir.best())?;
-            let meta: CheckpointMeta = serde_json::from_value(b.meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", dir.best().display())))?;
+            let meta: CheckpointMeta =
+                serde_json::from_value(b.meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", dir.best().display())))?;
             if meta.epoch != e && meta.epoch <= state.history.len() {
                 return Err(CliError::Usage(format!("{}: holds epoch {}, the last checkpoint's best is epoch {e}", dir.best().display(), meta.epoch)));
             }
@@ -282,9 +283,7 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
             dir.root.display()
         );
     }
-    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-        .map_err(|e| CliError::Usage(e.to_string()))?
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").map_err(|e| CliError::Usage(e.to_string()))?.progress_chars("=> ");
     for epoch in first..=total {
         let steps = data.train.len() / s.config.batch;
         let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(steps as u64) };
@@ -296,7 +295,10 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
             let rate = (p.step * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             bar.set_position(p.step as u64);
             if snf_run {
-                bar.set_message(format!("train -log p~ {:.1}  recon {:.2e}  lambda {:.3}  {:.0} img/s", -p.partial_log_prob, p.reconstruction_error, p.lambda, rate));
+                bar.set_message(format!(
+                    "train -log p~ {:.1}  recon {:.2e}  lambda {:.3}  {:.0} img/s",
+                    -p.partial_log_prob, p.reconstruction_error, p.lambda, rate
+                ));
             } else {
                 bar.set_message(format!("train -log p~ {:.1}  {:.0} img/s", -p.partial_log_prob, rate));
             }

@@ -7,15 +7,15 @@ use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{unzip, zip, Accum, MatMut, MatRef};
 
 use super::forward::channel_sums;
-use super::{Conv2dGrads, ConvWorkspace, SelfNormConv2d};
-use crate::conv::{flip_into, project_onto_kernel, resize_centered_into};
-use crate::error::{Error, Result};
-use crate::layers::BackwardStats;
-use crate::layers::check_backward_operands;
-use crate::real::Real;
 use super::fused::{snf_backward_chunk, Fused, FusedChunk};
+use super::{Conv2dGrads, ConvWorkspace, SelfNormConv2d};
 use crate::conv::chunk::{chunks_used, for_chunks, reduce_dk, BatchMut, BatchRef, Chunk};
 use crate::conv::ops::{contiguous, contiguous_mut};
+use crate::conv::{flip_into, project_onto_kernel, resize_centered_into};
+use crate::error::{Error, Result};
+use crate::layers::check_backward_operands;
+use crate::layers::BackwardStats;
+use crate::real::Real;
 
 /// The batch views a chunk of the SNF backward pass works on: `((x, dz), (u, dx))`.
 type Views<'a, T> = ((BatchRef<'a, T>, BatchRef<'a, T>), (BatchRef<'a, T>, BatchMut<'a, T>));
@@ -89,26 +89,19 @@ impl<T: Real> SelfNormConv2d<T> {
         // One fork-join for the whole pass (see `fused`): each chunk of the batch runs all
         // six convolutions on its own examples and scratch; partial kernel gradients, the
         // squared residual and the per-channel sums of delta_z are reduced after the join.
-        for_chunks(
-            ((x, dz), (u, dx)),
-            ((pw.chunks, pr.chunks), &mut fused[..]),
-            used,
-            &|((x, dz), (u, dx)): Views<'_, T>, ((cw, cr), fc): Scr<'_, T>| {
-                if let (Some(cw), Some(cr), Some(fc)) = (cw.first_mut(), cr.first_mut(), fc.first_mut()) {
-                    snf_backward_chunk(k, x, dz, u, dx, cw, cr, fc);
-                }
-            },
-        );
+        for_chunks(((x, dz), (u, dx)), ((pw.chunks, pr.chunks), &mut fused[..]), used, &|((x, dz), (u, dx)): Views<'_, T>, ((cw, cr), fc): Scr<'_, T>| {
+            if let (Some(cw), Some(cr), Some(fc)) = (cw.first_mut(), cr.first_mut(), fc.first_mut()) {
+                snf_backward_chunk(k, x, dz, u, dx, cw, cr, fc);
+            }
+        });
 
         let (cw, cr) = (&conv_w.chunks()[..used], &conv_r.chunks()[..used]);
         // dw = (1/B) P_w(t x^T) - 1/2 rs(flip r) . m_w
         reduce_dk(cw, grads.w.as_mut(), inv_b, Accum::Replace);
-        zip!(grads.w.as_mut(), flip_r_w.as_ref(), self.m_w.as_ref())
-            .for_each(|unzip!(g, f, m)| *g -= half * *f * *m);
+        zip!(grads.w.as_mut(), flip_r_w.as_ref(), self.m_w.as_ref()).for_each(|unzip!(g, f, m)| *g -= half * *f * *m);
         // dr = (1/B) P_r(s u^T) + 1/2 rs(flip w) . m_r
         reduce_dk(cr, grads.r.as_mut(), inv_b, Accum::Replace);
-        zip!(grads.r.as_mut(), flip_w_r.as_ref(), self.m_r.as_ref())
-            .for_each(|unzip!(g, f, m)| *g += half * *f * *m);
+        zip!(grads.r.as_mut(), flip_w_r.as_ref(), self.m_r.as_ref()).for_each(|unzip!(g, f, m)| *g += half * *f * *m);
         let recon = cw.iter().map(|c| c.scalar).sum::<f64>() / b as f64;
         // db_c = -(1/B) sum of delta_z over the batch and the pixels of channel c
         if let Some(gb) = grads.b.as_mut() {

@@ -1,7 +1,6 @@
 //! The exact path: dense $\mathcal T(w)$, its LU, the cached log-det (Eqs. 6–7), the exact
 //! log-det gradient $P(\mathcal T(w)^{-T})$ and the exact inverses.
 
-
 use faer::reborrow::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef};
 

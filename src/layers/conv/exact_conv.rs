@@ -114,10 +114,7 @@ impl<T: Real> ExactConv2d<T> {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] / [`Error::InvalidArgument`] if `grads` does not fit.
-    pub fn params_with_grads<'a>(
-        &'a mut self,
-        grads: &'a ExactConv2dGrads<T>,
-    ) -> Result<impl Iterator<Item = (MatMut<'a, T>, MatRef<'a, T>)>> {
+    pub fn params_with_grads<'a>(&'a mut self, grads: &'a ExactConv2dGrads<T>) -> Result<impl Iterator<Item = (MatMut<'a, T>, MatRef<'a, T>)>> {
         const OP: &str = "ExactConv2d::params_with_grads";
         check_shape(OP, (self.w.nrows(), self.w.ncols()), (grads.w.nrows(), grads.w.ncols()))?;
         if self.b.is_some() != grads.b.is_some() {

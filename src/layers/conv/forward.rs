@@ -4,10 +4,10 @@ use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{unzip, zip, MatMut, MatRef};
 
 use super::{ConvWorkspace, SelfNormConv2d};
-use crate::error::{Error, Result};
-use crate::real::Real;
 use crate::conv::chunk::{chunks_used, for_chunks, forward_chunk, BatchMut, BatchRef, Chunk};
 use crate::conv::ops::{contiguous, contiguous_mut};
+use crate::error::{Error, Result};
+use crate::real::Real;
 use crate::util::{par_cols, sum_sq};
 use faer::Accum;
 
@@ -92,17 +92,9 @@ impl<T: Real> SelfNormConv2d<T> {
     }
 
     /// $e = r\star u - x$ into `e`; returns the batch mean of $\lVert e\rVert^2$.
-    pub(crate) fn residual(
-        &self,
-        x: MatRef<'_, T>,
-        u: MatRef<'_, T>,
-        mut e: MatMut<'_, T>,
-        conv_r: &mut crate::conv::Conv2d<T>,
-    ) -> Result<f64> {
+    pub(crate) fn residual(&self, x: MatRef<'_, T>, u: MatRef<'_, T>, mut e: MatMut<'_, T>, conv_r: &mut crate::conv::Conv2d<T>) -> Result<f64> {
         conv_r.forward(self.r.as_ref(), u, e.rb_mut())?;
-        par_cols((e.rb_mut(), x), conv_r.par(), &|(e, x): (MatMut<'_, T>, MatRef<'_, T>)| {
-            zip!(e, x).for_each(|unzip!(e, x)| *e -= *x)
-        });
+        par_cols((e.rb_mut(), x), conv_r.par(), &|(e, x): (MatMut<'_, T>, MatRef<'_, T>)| zip!(e, x).for_each(|unzip!(e, x)| *e -= *x));
         Ok(sum_sq(e.rb()) / x.ncols() as f64)
     }
 

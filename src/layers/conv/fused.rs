@@ -96,13 +96,7 @@ pub(crate) fn snf_backward_chunk<T: Real>(
             // B: e = r * u - x; s = 2 lambda e + delta_x / 2 (into s_u, whose lowering is
             // in cr.cols); dr += cols(u)^T s
             lower_stacked(k.plan_r, &f.s_u, nb, g, &mut cr.cols, 0, 0);
-            gemm(
-                f.g_e.as_mut().subrows_mut(0, rows).subcols_mut(g * og, og),
-                Accum::Replace,
-                cr.cols.as_ref().subrows(0, rows),
-                k.r.subcols(g * og, og),
-                one,
-            );
+            gemm(f.g_e.as_mut().subrows_mut(0, rows).subcols_mut(g * og, og), Accum::Replace, cr.cols.as_ref().subrows(0, rows), k.r.subcols(g * og, og), one);
             for c in g * og..(g + 1) * og {
                 let e = &mut f.g_e.col_as_slice_mut(c)[..rows];
                 let xs = &f.s_x.col_as_slice(c)[..rows];

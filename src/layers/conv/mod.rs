@@ -32,8 +32,8 @@ mod transform;
 mod workspace;
 
 pub use exact_conv::{ExactConv2d, ExactConv2dGrads, ExactConv2dWorkspace};
-pub use workspace::ConvWorkspace;
 pub(crate) use forward::{add_channel_bias, channel_sums};
+pub use workspace::ConvWorkspace;
 
 use faer::{Mat, MatMut, MatRef};
 use rand::Rng;
@@ -262,23 +262,15 @@ impl<T: Real> SelfNormConv2d<T> {
             (None, false) => {}
             _ => return Err(Error::InvalidArgument { op: OP, reason: "bias presence differs from the config".into() }),
         }
-        let finite = crate::util::all_finite(w.as_ref())
-            && crate::util::all_finite(r.as_ref())
-            && b.as_ref().is_none_or(|b| crate::util::all_finite(b.as_ref()));
+        let finite =
+            crate::util::all_finite(w.as_ref()) && crate::util::all_finite(r.as_ref()) && b.as_ref().is_none_or(|b| crate::util::all_finite(b.as_ref()));
         if !finite {
             return Err(Error::NonFinite { op: OP });
         }
         Self::assemble(config, gw, gr, w, r, b)
     }
 
-    fn assemble(
-        config: SelfNormConv2dConfig,
-        geom_w: Conv2dGeometry,
-        geom_r: Conv2dGeometry,
-        w: Mat<T>,
-        r: Mat<T>,
-        b: Option<Mat<T>>,
-    ) -> Result<Self> {
+    fn assemble(config: SelfNormConv2dConfig, geom_w: Conv2dGeometry, geom_r: Conv2dGeometry, w: Mat<T>, r: Mat<T>, b: Option<Mat<T>>) -> Result<Self> {
         let m_w = conv::multiplicity(&geom_w)?;
         let m_r = conv::multiplicity(&geom_r)?;
         Ok(Self { config, geom_w, geom_r, w, r, b, m_w, m_r, stamp: next_stamp() })
@@ -339,16 +331,11 @@ impl<T: Real> SelfNormConv2d<T> {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] / [`Error::InvalidArgument`] if `grads` was not made for this layer.
-    pub fn params_with_grads<'a>(
-        &'a mut self,
-        grads: &'a Conv2dGrads<T>,
-    ) -> Result<impl Iterator<Item = (MatMut<'a, T>, MatRef<'a, T>)>> {
+    pub fn params_with_grads<'a>(&'a mut self, grads: &'a Conv2dGrads<T>) -> Result<impl Iterator<Item = (MatMut<'a, T>, MatRef<'a, T>)>> {
         self.check_grads("SelfNormConv2d::params_with_grads", grads)?;
         self.invalidate();
         let b = self.b.as_mut().zip(grads.b.as_ref()).map(|(p, g)| (p.as_mut(), g.as_ref()));
-        Ok([Some((self.w.as_mut(), grads.w.as_ref())), Some((self.r.as_mut(), grads.r.as_ref())), b]
-            .into_iter()
-            .flatten())
+        Ok([Some((self.w.as_mut(), grads.w.as_ref())), Some((self.r.as_mut(), grads.r.as_ref())), b].into_iter().flatten())
     }
 
     /// Mutable parameter blocks `[w, r, b?]`. Marks the workspace's LU factors stale.

@@ -69,7 +69,16 @@ impl<T: Real> Transform<T> for SelfNormConv2d<T> {
         SelfNormConv2d::forward(self, x, y, ws.buffers_mut()?)?;
         Ok(ws.record(x))
     }
-    fn backward(&self, tape: Tape, x: MatRef<'_, T>, dy: MatRef<'_, T>, dx: MatMut<'_, T>, grads: &mut Grads<T>, ws: &mut Workspace<T>, lambda: T) -> Result<f64> {
+    fn backward(
+        &self,
+        tape: Tape,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        dx: MatMut<'_, T>,
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+        lambda: T,
+    ) -> Result<f64> {
         ws.consume(tape, x)?;
         SelfNormConv2d::backward(self, x, dy, dx, grads.downcast_mut()?, ws.buffers_mut()?, lambda).map(|s| s.reconstruction_error)
     }
@@ -143,7 +152,16 @@ impl<T: Real> Transform<T> for ExactConv2d<T> {
         ExactConv2d::forward(self, x, y, ws.buffers_mut()?)?;
         Ok(ws.record(x))
     }
-    fn backward(&self, tape: Tape, x: MatRef<'_, T>, dy: MatRef<'_, T>, dx: MatMut<'_, T>, grads: &mut Grads<T>, ws: &mut Workspace<T>, _lambda: T) -> Result<f64> {
+    fn backward(
+        &self,
+        tape: Tape,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        dx: MatMut<'_, T>,
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+        _lambda: T,
+    ) -> Result<f64> {
         ws.consume(tape, x)?;
         ExactConv2d::backward(self, x, dy, dx, grads.downcast_mut()?, ws.buffers_mut()?).map(|_| 0.0)
     }

@@ -3,8 +3,8 @@
 //! Both return gradients of the loss $\ell = -\frac1B\sum_b \mathcal L(x_b)$ (Eq. 3).
 //! Derivations: `proofs/fc.md`.
 
-use faer::reborrow::{Reborrow, ReborrowMut};
 use crate::util::gemm as matmul;
+use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{unzip, zip, Accum, MatMut, MatRef};
 
 use super::{BackwardStats, LinearGrads, LinearWorkspace, SelfNormLinear};
@@ -29,10 +29,7 @@ impl<T: Real> SelfNormLinear<T> {
     fn check_after_forward(&self, op: &'static str, x: MatRef<'_, T>, ws: &LinearWorkspace<T>) -> Result<usize> {
         let b = ws.check_batch(op, x)?;
         if ws.batch != Some(b) {
-            return Err(Error::InvalidArgument {
-                op,
-                reason: "call forward() on this batch with this workspace first".into(),
-            });
+            return Err(Error::InvalidArgument { op, reason: "call forward() on this batch with this workspace first".into() });
         }
         Ok(b)
     }
@@ -83,16 +80,12 @@ impl<T: Real> SelfNormLinear<T> {
         zip!(t.rb_mut(), dz).for_each(|unzip!(t, dz)| *t = -half * *dz);
         matmul(t.rb_mut(), Accum::Add, self.rt.as_ref(), e.rb(), two_lambda, par);
         // dW = (1/B) t x^T - 1/2 R^T   (R^T is stored: a contiguous scaled copy)
-        par_cols((grads.w.as_mut(), self.rt.as_ref()), par, &|(g, rt)| {
-            zip!(g, rt).for_each(|unzip!(g, rt)| *g = -half * *rt)
-        });
+        par_cols((grads.w.as_mut(), self.rt.as_ref()), par, &|(g, rt)| zip!(g, rt).for_each(|unzip!(g, rt)| *g = -half * *rt));
         matmul(grads.w.as_mut(), Accum::Add, t.rb(), x.transpose(), inv_b, par);
         // s = 1/2 delta_x + 2 lambda e  (in place of e)
         zip!(e.rb_mut(), dx.rb()).for_each(|unzip!(e, dx)| *e = two_lambda * *e + half * *dx);
         // dR = (1/B) s u^T + 1/2 W^T, stored transposed: dR^T = (1/B) u s^T + 1/2 W
-        par_cols((grads.rt.as_mut(), self.w.as_ref()), par, &|(g, w)| {
-            zip!(g, w).for_each(|unzip!(g, w)| *g = half * *w)
-        });
+        par_cols((grads.rt.as_mut(), self.w.as_ref()), par, &|(g, w)| zip!(g, w).for_each(|unzip!(g, w)| *g = half * *w));
         matmul(grads.rt.as_mut(), Accum::Add, u, e.rb().transpose(), inv_b, par);
         // db = -(1/B) sum_b delta_z
         if let Some(gb) = grads.b.as_mut() {
@@ -137,10 +130,7 @@ impl<T: Real> SelfNormLinear<T> {
         let shapes = [(dz_f.nrows(), dz_f.ncols()), (dz_g.nrows(), dz_g.ncols()), (dx_f.nrows(), dx_f.ncols()), (dx_g.nrows(), dx_g.ncols())];
         check_backward_operands(OP, d, b, &shapes, lambda)?;
         if ws.exact.as_ref().and_then(|e| e.g_batch) != Some(b) {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                reason: "call g_inverse() on this batch with this workspace first".into(),
-            });
+            return Err(Error::InvalidArgument { op: OP, reason: "call g_inverse() on this batch with this workspace first".into() });
         }
         let par = ws.par;
         let (one, half) = (T::from_f64(1.0), T::from_f64(0.5));

@@ -2,8 +2,8 @@
 //! trained by maximum likelihood with $\partial\log|\det W|/\partial W = W^{-T}$ (Eq. 8
 //! without the $g$ half and the reconstruction term).
 
-use faer::reborrow::ReborrowMut;
 use crate::util::gemm as matmul;
+use faer::reborrow::ReborrowMut;
 use faer::{unzip, zip, Accum, Mat, MatMut, MatRef, Par};
 use rand::Rng;
 
@@ -95,10 +95,7 @@ impl<T: Real> ExactLinear<T> {
     /// # Errors
     /// [`Error::ShapeMismatch`] / [`Error::InvalidArgument`] if `g` was not made for this
     /// layer (another size, or a bias where the layer has none or the reverse).
-    pub fn params_with_grads<'a>(
-        &'a mut self,
-        g: &'a ExactLinearGrads<T>,
-    ) -> Result<impl Iterator<Item = (MatMut<'a, T>, MatRef<'a, T>)>> {
+    pub fn params_with_grads<'a>(&'a mut self, g: &'a ExactLinearGrads<T>) -> Result<impl Iterator<Item = (MatMut<'a, T>, MatRef<'a, T>)>> {
         const OP: &str = "ExactLinear::params_with_grads";
         let d = self.dim();
         check_shape(OP, (d, d), (g.w.nrows(), g.w.ncols()))?;

@@ -1,8 +1,8 @@
 //! Forward pass, learned inverse, exact inverses and log-determinant.
 
-use faer::reborrow::{Reborrow, ReborrowMut};
 use crate::util::gemm as matmul;
-use faer::{zip, unzip, Accum, MatMut, MatRef};
+use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::{unzip, zip, Accum, MatMut, MatRef};
 
 use super::{LinearWorkspace, SelfNormLinear};
 use crate::error::{Error, Result};
@@ -147,11 +147,7 @@ impl<T: Real> SelfNormLinear<T> {
 
     pub(crate) fn check_ws(&self, op: &'static str, ws: &LinearWorkspace<T>) -> Result<()> {
         if ws.dim() != self.dim() {
-            return Err(Error::ShapeMismatch {
-                op,
-                expected: (self.dim(), ws.max_batch()),
-                got: (ws.dim(), ws.max_batch()),
-            });
+            return Err(Error::ShapeMismatch { op, expected: (self.dim(), ws.max_batch()), got: (ws.dim(), ws.max_batch()) });
         }
         Ok(())
     }

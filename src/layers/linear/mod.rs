@@ -108,7 +108,6 @@ impl<T: Real> LinearGrads<T> {
     }
 }
 
-
 impl<T: Real> SelfNormLinear<T> {
     /// A `dim x dim` layer initialised as in the paper: $W = I + \epsilon$ with
     /// $\epsilon$ Xavier-normal noise of gain 0.01 (std $0.01/\sqrt{D}$), $R = W^T$,
@@ -118,10 +117,7 @@ impl<T: Real> SelfNormLinear<T> {
     /// [`Error::InvalidArgument`] if `dim == 0`.
     pub fn new(dim: usize, bias: bool, rng: &mut impl Rng) -> Result<Self> {
         if dim == 0 {
-            return Err(Error::InvalidArgument {
-                op: "SelfNormLinear::new",
-                reason: "dim must be positive".into(),
-            });
+            return Err(Error::InvalidArgument { op: "SelfNormLinear::new", reason: "dim must be positive".into() });
         }
         let std = crate::init::xavier_normal_std(dim, dim, 0.01);
         let w = crate::init::identity_plus_noise::<T>(dim, std, rng);
@@ -148,9 +144,8 @@ impl<T: Real> SelfNormLinear<T> {
         if let Some(b) = &b {
             crate::error::check_shape(OP, (d, 1), (b.nrows(), b.ncols()))?;
         }
-        let finite = crate::util::all_finite(w.as_ref())
-            && crate::util::all_finite(r.as_ref())
-            && b.as_ref().is_none_or(|b| crate::util::all_finite(b.as_ref()));
+        let finite =
+            crate::util::all_finite(w.as_ref()) && crate::util::all_finite(r.as_ref()) && b.as_ref().is_none_or(|b| crate::util::all_finite(b.as_ref()));
         if !finite {
             return Err(Error::NonFinite { op: OP });
         }
@@ -177,11 +172,7 @@ impl<T: Real> SelfNormLinear<T> {
     /// Zeroed gradients shaped like this layer's parameters.
     pub fn zero_grads(&self) -> LinearGrads<T> {
         let d = self.dim();
-        LinearGrads {
-            w: Mat::zeros(d, d),
-            rt: Mat::zeros(d, d),
-            b: self.b.as_ref().map(|_| Mat::zeros(d, 1)),
-        }
+        LinearGrads { w: Mat::zeros(d, d), rt: Mat::zeros(d, d), b: self.b.as_ref().map(|_| Mat::zeros(d, 1)) }
     }
 
     /// Mutable parameter blocks paired with their gradients, `[W, R^T, b?]` (the
@@ -190,10 +181,7 @@ impl<T: Real> SelfNormLinear<T> {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `grads` was not made for this layer.
-    pub fn params_with_grads<'a>(
-        &'a mut self,
-        grads: &'a LinearGrads<T>,
-    ) -> Result<impl Iterator<Item = (MatMut<'a, T>, MatRef<'a, T>)>> {
+    pub fn params_with_grads<'a>(&'a mut self, grads: &'a LinearGrads<T>) -> Result<impl Iterator<Item = (MatMut<'a, T>, MatRef<'a, T>)>> {
         const OP: &str = "SelfNormLinear::params_with_grads";
         let d = self.dim();
         crate::error::check_shape(OP, (d, d), (grads.w.nrows(), grads.w.ncols()))?;
@@ -202,8 +190,6 @@ impl<T: Real> SelfNormLinear<T> {
             return Err(Error::InvalidArgument { op: OP, reason: "bias presence differs".into() });
         }
         let b = self.b.as_mut().zip(grads.b.as_ref()).map(|(p, g)| (p.as_mut(), g.as_ref()));
-        Ok([Some((self.w.as_mut(), grads.w.as_ref())), Some((self.rt.as_mut(), grads.rt.as_ref())), b]
-            .into_iter()
-            .flatten())
+        Ok([Some((self.w.as_mut(), grads.w.as_ref())), Some((self.rt.as_mut(), grads.rt.as_ref())), b].into_iter().flatten())
     }
 }

@@ -55,7 +55,16 @@ impl<T: Real> Transform<T> for SelfNormLinear<T> {
         SelfNormLinear::forward(self, x, y, ws.buffers_mut()?)?;
         Ok(ws.record(x))
     }
-    fn backward(&self, tape: Tape, x: MatRef<'_, T>, dy: MatRef<'_, T>, dx: MatMut<'_, T>, grads: &mut Grads<T>, ws: &mut Workspace<T>, lambda: T) -> Result<f64> {
+    fn backward(
+        &self,
+        tape: Tape,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        dx: MatMut<'_, T>,
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+        lambda: T,
+    ) -> Result<f64> {
         ws.consume(tape, x)?;
         SelfNormLinear::backward(self, x, dy, dx, grads.downcast_mut()?, ws.buffers_mut()?, lambda).map(|s| s.reconstruction_error)
     }
@@ -126,7 +135,16 @@ impl<T: Real> Transform<T> for ExactLinear<T> {
         ExactLinear::forward(self, x, y, ws.buffers()?)?;
         Ok(ws.record(x))
     }
-    fn backward(&self, tape: Tape, x: MatRef<'_, T>, dy: MatRef<'_, T>, dx: MatMut<'_, T>, grads: &mut Grads<T>, ws: &mut Workspace<T>, _lambda: T) -> Result<f64> {
+    fn backward(
+        &self,
+        tape: Tape,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        dx: MatMut<'_, T>,
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+        _lambda: T,
+    ) -> Result<f64> {
         ws.consume(tape, x)?;
         ExactLinear::backward(self, x, dy, dx, grads.downcast_mut()?, ws.buffers_mut()?).map(|_| 0.0)
     }

@@ -34,14 +34,7 @@ pub(crate) struct ExactBuffers<T: Real> {
 impl<T: Real> LinearWorkspace<T> {
     /// Buffers for the self-normalizing path of a `dim x dim` layer.
     pub fn new(dim: usize, max_batch: usize, par: Par) -> Self {
-        Self {
-            par,
-            u: Mat::zeros(dim, max_batch),
-            e: Mat::zeros(dim, max_batch),
-            t: Mat::zeros(dim, max_batch),
-            batch: None,
-            exact: None,
-        }
+        Self { par, u: Mat::zeros(dim, max_batch), e: Mat::zeros(dim, max_batch), t: Mat::zeros(dim, max_batch), batch: None, exact: None }
     }
 
     /// Also allocate the exact path's buffers (two LU workspaces, `R^{-1}x`), so that
