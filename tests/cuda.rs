@@ -71,7 +71,7 @@ fn gpu_training_writes_back_a_trained_flow() {
     let recon = model.train_epoch(&order, 100, cfg, |_| 1e-3, 1.0, 0).unwrap();
     assert!(recon.is_finite());
     model.write_to(&mut flow).unwrap();
-    let w0 = before.layers()[1].params()[0].1.to_owned();
-    let w1 = flow.layers()[1].params()[0].1.to_owned();
+    let w0 = before.layers()[1].params()[0].value.to_owned();
+    let w1 = flow.layers()[1].params()[0].value.to_owned();
     assert!((&w1 - &w0).norm_l2() > 1e-4, "parameters moved");
 }

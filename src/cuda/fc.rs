@@ -8,7 +8,9 @@ use super::linear::{Linear, Scratch};
 use super::{launched, Gpu};
 use crate::data::mnist::Split;
 use crate::error::{check_shape, Error, Result};
-use crate::flow::{Flow, FlowGrads, Layer, LayerGrads};
+use crate::flow::{Flow, FlowGrads};
+use crate::layers::{Preprocess, SmoothLeakyRelu};
+use crate::transform::Grads;
 use crate::layers::linear::{LinearGrads, SelfNormLinear};
 use crate::optim::AdamConfig;
 
@@ -61,8 +63,16 @@ impl<'g> GpuFc<'g> {
             op: OP,
             reason: "the GPU backend runs the FC 2-layer self-normalizing model (preprocess, linear, smooth leaky ReLU, linear, with biases)".into(),
         };
-        let (pre, l1, slr, l2) = match flow.layers() {
-            [Layer::Preprocess(p), Layer::Linear(a), Layer::SmoothLeakyRelu(s), Layer::Linear(b)] => (p, a, s, b),
+        if flow.layers().len() != 4 {
+            return Err(bad());
+        }
+        let (pre, l1, slr, l2) = match (
+            flow.layer::<Preprocess>(0),
+            flow.layer::<SelfNormLinear<f32>>(1),
+            flow.layer::<SmoothLeakyRelu>(2),
+            flow.layer::<SelfNormLinear<f32>>(3),
+        ) {
+            (Some(p), Some(a), Some(s), Some(b)) => (p, a, s, b),
             _ => return Err(bad()),
         };
         if max_batch == 0 {
@@ -113,8 +123,8 @@ impl<'g> GpuFc<'g> {
         const OP: &str = "GpuFc::write_to";
         let (d, gpu) = (self.d, self.gpu);
         let mut k = 0;
-        for layer in flow.layers_mut() {
-            if let Layer::Linear(l) = layer {
+        for idx in 0..flow.layers().len() {
+            if let Some(l) = flow.layer_mut::<SelfNormLinear<f32>>(idx) {
                 let src = self.layers.get(k).ok_or(Error::InvalidArgument { op: OP, reason: "another model".into() })?;
                 check_shape(OP, (d, d), (l.w.nrows(), l.w.ncols()))?;
                 let (w, rt, b) = (gpu.download(&src.w)?, gpu.download(&src.rt)?, gpu.download(&src.b)?);
@@ -193,11 +203,11 @@ impl<'g> GpuFc<'g> {
         }
         let recon = self.step_gradients(b, lambda)?;
         let d = self.d;
-        let mut layers = vec![LayerGrads::None; 4];
+        let mut layers: Vec<Grads<f32>> = (0..4).map(|_| Grads::empty()).collect();
         for (k, slot) in [1usize, 3].into_iter().enumerate() {
             let p = &self.layers[k];
             let (gw, grt, gb) = (gpu.download(&p.gw)?, gpu.download(&p.grt)?, gpu.download(&p.gb)?);
-            layers[slot] = LayerGrads::Linear(LinearGrads {
+            layers[slot] = Grads::new(LinearGrads {
                 w: Mat::from_fn(d, d, |i, j| gw[i + j * d]),
                 rt: Mat::from_fn(d, d, |i, j| grt[i + j * d]),
                 b: Some(Mat::from_fn(d, 1, |i, _| gb[i])),
