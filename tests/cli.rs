@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 
 use snf::checkpoint::Checkpoint;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_snf");
 
 fn tmp(name: &str) -> PathBuf {
@@ -242,4 +244,129 @@ fn bench_prints_a_table() {
     let rows: Vec<&str> = o.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).collect();
     assert_eq!(rows.len(), 2, "{o}");
     fails(&["bench", "--dims", "0"]);
+}
+
+/// Data other than MNIST: an IDX set of 16x16 images with no checksum list (FC and conv
+/// models built for its shape, a relative --data path stored absolute so `snf eval` works
+/// from another folder, eval naming its data), CIFAR-10 files (a conv model on 3x32x32 and
+/// a colour sample grid), and an exact-gradient run (no angle plot, no learned-inverse
+/// claims, no reconstruction column in its messages).
+#[test]
+fn other_data_sets_and_exact_runs() {
+    let root = tmp("data");
+    let idx = root.join("idx16");
+    std::fs::create_dir_all(&idx).unwrap();
+    common::files::write_idx_set(&idx, &[16, 16], 240, 40, true, true);
+    let run = root.join("fc-idx");
+    // a relative --data: run from `root`
+    let o = Command::new(BIN)
+        .current_dir(&root)
+        .args(["train", "--dataset", "idx", "--data", "idx16", "--epochs", "1", "--batch", "20", "--quiet", "--samples", "4", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let settings = std::fs::read_to_string(run.join("run.json")).unwrap();
+    assert!(settings.contains(&idx.display().to_string()), "absolute data path in run.json: {settings}");
+    assert!(run.join("samples.png").is_file() && run.join("angles.png").is_file());
+    // from another folder, eval finds the data and says which it used
+    let e = Command::new(BIN).current_dir(std::env::temp_dir()).args(["eval"]).arg(&run).output().unwrap();
+    let out = String::from_utf8_lossy(&e.stdout);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    assert!(out.contains("over 40 images") && out.contains("idx at") && out.contains("idx16"), "{out}");
+    // the conv model on the same shape
+    let conv = root.join("conv-idx");
+    let d = idx.display().to_string();
+    ok(&[
+        "train",
+        "--model",
+        "conv",
+        "--dataset",
+        "idx",
+        "--data",
+        &d,
+        "--epochs",
+        "1",
+        "--batch",
+        "20",
+        "--quiet",
+        "--samples",
+        "0",
+        "--out",
+        &conv.display().to_string(),
+    ]);
+    // without --data, idx is a usage error, not MNIST
+    fails(&["train", "--dataset", "idx", "--out", &root.join("x").display().to_string()]);
+    // a checksum list that does not match is refused, --no-checksums skips it
+    std::fs::write(idx.join("SHA256SUMS"), "00  train-images-idx3-ubyte.gz\n").unwrap();
+    let bad = root.join("bad");
+    let e = fails(&["train", "--dataset", "idx", "--data", &d, "--epochs", "1", "--batch", "20", "--quiet", "--out", &bad.display().to_string()]);
+    assert!(e.contains("SHA-256") || e.contains("SHA256SUMS"), "{e}");
+    assert!(!bad.join("run.json").exists(), "a failed start writes nothing");
+    ok(&[
+        "train",
+        "--dataset",
+        "idx",
+        "--data",
+        &d,
+        "--no-checksums",
+        "--epochs",
+        "1",
+        "--batch",
+        "20",
+        "--quiet",
+        "--samples",
+        "0",
+        "--out",
+        &bad.display().to_string(),
+    ]);
+
+    // CIFAR-10: a small conv model on 3x32x32 and a colour grid
+    let cifar = root.join("cifar");
+    std::fs::create_dir_all(&cifar).unwrap();
+    common::files::write_cifar(&cifar, 12, 10);
+    let crun = root.join("conv-cifar");
+    let c = cifar.display().to_string();
+    // (no angle batches: the exact gradient of nine 3072x3072 convolutions is minutes of LU)
+    let args = [
+        "train",
+        "--model",
+        "conv",
+        "--dataset",
+        "cifar10",
+        "--data",
+        &c,
+        "--valid-size",
+        "10",
+        "--epochs",
+        "1",
+        "--batch",
+        "10",
+        "--quiet",
+        "--samples",
+        "4",
+        "--angle-batches",
+        "0",
+    ];
+    let o = Command::new(BIN).args(args).arg("--out").arg(&crun).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("bits/dim"), "{out}");
+    let png = std::fs::read(crun.join("samples.png")).unwrap();
+    assert_eq!(png[25], 2, "colour type RGB in the PNG header");
+
+    // an exact-gradient run: no angle plot, no learned-inverse or reconstruction claims
+    let exact = root.join("fc-exact");
+    let o = Command::new(BIN)
+        .args(["train", "--grad", "exact", "--train-subset", "300", "--valid-subset", "200", "--epochs", "1", "--samples", "4", "--out"])
+        .arg(&exact)
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{err}");
+    assert!(!exact.join("angles.png").exists() && !out.contains("angles.png"), "{out}");
+    assert!(!out.contains("learned inverse") && out.contains("exact inverse"), "{out}");
+    assert!(!err.contains("recon") && !err.contains("lambda"), "{err}");
+    fails(&["sample", &exact.display().to_string(), "--inverse", "learned", "--out", &root.join("s.png").display().to_string()]);
+    let _ = std::fs::remove_dir_all(&root);
 }

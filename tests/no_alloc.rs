@@ -120,8 +120,61 @@ fn conv_steps(par: Par) -> usize {
     ALLOCS.load(Ordering::SeqCst) - before
 }
 
+/// Allocations in 5 whole-flow training steps (forward, backward sweep, Adam over every
+/// transform's (parameter, gradient) pairs) through the `Transform` API: the FC model,
+/// the conv model and a multi-scale flow with a split, at small image shapes.
+fn flow_steps(par: Par) -> Vec<(&'static str, usize)> {
+    use snf::flow::models::{conv_nine_layer, fc_two_layer, Gradient};
+    use snf::flow::Flow;
+    use snf::prelude::{Shape, Split, Squeeze};
+    let shape = Shape::image(1, 8, 8);
+    let mut rng = snf::init::rng(5);
+    let multiscale = Flow::<f32>::builder(shape)
+        .then(snf::flow::Preprocess::new(1e-6).unwrap())
+        .then(Squeeze::new(1, 8, 8).unwrap())
+        .then(SelfNormConv2d::new(SelfNormConv2dConfig::new(4, [4, 4], 3), &mut rng).unwrap())
+        .then(Split::new(Shape::image(4, 4, 4)).unwrap())
+        .then(SelfNormLinear::new(32, true, &mut rng).unwrap())
+        .build()
+        .unwrap();
+    let flows = [
+        ("fc", fc_two_layer::<f32, _>(shape, Gradient::SelfNormalizing, &mut rng).unwrap()),
+        ("conv", conv_nine_layer::<f32, _>(shape, Gradient::SelfNormalizing, &mut rng).unwrap()),
+        ("multiscale", multiscale),
+    ];
+    let b = 16;
+    let x = Mat::<f32>::from_fn(64, b, |i, j| ((i * 7 + j * 13) % 255) as f32 + 0.5);
+    let mut out = Vec::new();
+    for (name, mut flow) in flows {
+        let mut ws = flow.workspace(b, par).unwrap();
+        let mut grads = flow.zero_grads();
+        let cfg = AdamConfig { lr: 1e-4, ..Default::default() };
+        let mut adams: Vec<Adam<f32>> =
+            grads.layers.iter().map(|g| Adam::new(cfg, g.blocks().into_iter().map(|m| (m.nrows(), m.ncols()))).unwrap().with_par(par)).collect();
+        let mut run = |n: usize| {
+            for _ in 0..n {
+                flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap();
+                assert!(grads.all_finite());
+                let _ = grads.norm();
+                for ((l, g), a) in flow.layers_mut().iter_mut().zip(&grads.layers).zip(&mut adams) {
+                    a.step(l.params_mut().into_iter().zip(g.blocks())).unwrap();
+                }
+            }
+        };
+        run(20);
+        let before = ALLOCS.load(Ordering::SeqCst);
+        run(5);
+        out.push((name, ALLOCS.load(Ordering::SeqCst) - before));
+    }
+    out
+}
+
 #[test]
 fn a_training_step_allocates_nothing() {
+    // whole flows through the Transform API
+    for (name, n) in flow_steps(Par::Seq) {
+        assert_eq!(n, 0, "sequential {name} flow steps allocated {n} times");
+    }
     // the conv layer: im2col buffers and partial kernel gradients live in the workspace,
     // one set per batch chunk; chunks run with rayon::join (jobs on the stack)
     assert_eq!(conv_steps(Par::Seq), 0, "sequential SNF conv steps allocated");
@@ -138,6 +191,9 @@ fn a_training_step_allocates_nothing() {
     assert_eq!(exact, 0, "sequential exact-baseline steps allocated");
     // The SNF step parallelises its products itself (util::gemm: rayon::join over column
     // blocks, jobs on the stack), so it stays allocation-free on several threads.
+    for (name, n) in pool.install(|| flow_steps(Par::rayon(2))) {
+        assert_eq!(n, 0, "parallel {name} flow steps allocated {n} times");
+    }
     let (snf, exact) = pool.install(|| steps(Par::rayon(2)));
     assert_eq!(snf, 0, "parallel SNF steps allocated {snf} times");
     // The exact baseline's parallel LU is faer's, which allocates task buffers

@@ -17,7 +17,7 @@ use crate::transform::{Blocks, BlocksMut, GradBlocks, Grads, Param, Tape, Transf
 pub struct Elementwise<F>(pub F);
 
 macro_rules! elementwise_transform {
-    ([$($gen:tt)*] $ty:ty, $f:ident => $kind:expr, $spec:expr) => {
+    ([$($gen:tt)*] $ty:ty, $f:ident => $kind:expr, $bij:expr, $spec:expr) => {
         impl<T: Real, $($gen)*> Transform<T> for $ty {
             fn kind(&self) -> &'static str {
                 $kind
@@ -30,29 +30,29 @@ macro_rules! elementwise_transform {
             }
             fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, logdet: &mut [f64], ws: &mut Workspace<T>) -> Result<Tape> {
                 let $f = self;
-                super::forward($spec.0, x, y, logdet, ws.par())?;
+                super::forward($bij, x, y, logdet, ws.par())?;
                 Ok(ws.record(x))
             }
             fn backward(&self, tape: Tape, x: MatRef<'_, T>, dy: MatRef<'_, T>, dx: MatMut<'_, T>, _grads: &mut Grads<T>, ws: &mut Workspace<T>, _lambda: T) -> Result<f64> {
                 ws.consume(tape, x)?;
                 let $f = self;
-                super::backward($spec.0, x, dy, dx, ws.par()).map(|_| 0.0)
+                super::backward($bij, x, dy, dx, ws.par()).map(|_| 0.0)
             }
             fn inverse(&self, y: MatRef<'_, T>, x: MatMut<'_, T>, _ws: &mut Workspace<T>) -> Result<()> {
                 let $f = self;
-                super::inverse($spec.0, y, x)
+                super::inverse($bij, y, x)
             }
             fn spec(&self) -> serde_json::Value {
                 let $f = self;
-                $spec.1
+                $spec
             }
         }
     };
 }
 
-elementwise_transform!([] SmoothLeakyRelu, f => "smooth-leaky-relu", (f, json!({"kind": "smooth-leaky-relu", "alpha": f.alpha()})));
-elementwise_transform!([] LeakyRelu, f => "leaky-relu", (f, json!({"kind": "leaky-relu", "slope": f.slope()})));
-elementwise_transform!([F: ScalarBijection + Clone + std::fmt::Debug + 'static] Elementwise<F>, f => "elementwise", (&f.0, serde_json::Value::Null));
+elementwise_transform!([] SmoothLeakyRelu, f => "smooth-leaky-relu", f, json!({"kind": "smooth-leaky-relu", "alpha": f.alpha()}));
+elementwise_transform!([] LeakyRelu, f => "leaky-relu", f, json!({"kind": "leaky-relu", "slope": f.slope()}));
+elementwise_transform!([F: ScalarBijection + Clone + std::fmt::Debug + 'static] Elementwise<F>, f => "elementwise", &f.0, serde_json::Value::Null);
 
 impl<T: Real> GradBlocks<T> for SplineGrads<T> {
     fn blocks(&self) -> Blocks<'_, T> {

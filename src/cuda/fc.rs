@@ -9,10 +9,10 @@ use super::{launched, Gpu};
 use crate::data::mnist::Split;
 use crate::error::{check_shape, Error, Result};
 use crate::flow::{Flow, FlowGrads};
-use crate::layers::{Preprocess, SmoothLeakyRelu};
-use crate::transform::Grads;
 use crate::layers::linear::{LinearGrads, SelfNormLinear};
+use crate::layers::{Preprocess, SmoothLeakyRelu};
 use crate::optim::AdamConfig;
+use crate::transform::Grads;
 
 /// Per-batch buffers (`D x B`).
 struct Buffers {
@@ -66,15 +66,11 @@ impl<'g> GpuFc<'g> {
         if flow.layers().len() != 4 {
             return Err(bad());
         }
-        let (pre, l1, slr, l2) = match (
-            flow.layer::<Preprocess>(0),
-            flow.layer::<SelfNormLinear<f32>>(1),
-            flow.layer::<SmoothLeakyRelu>(2),
-            flow.layer::<SelfNormLinear<f32>>(3),
-        ) {
-            (Some(p), Some(a), Some(s), Some(b)) => (p, a, s, b),
-            _ => return Err(bad()),
-        };
+        let (pre, l1, slr, l2) =
+            match (flow.layer::<Preprocess>(0), flow.layer::<SelfNormLinear<f32>>(1), flow.layer::<SmoothLeakyRelu>(2), flow.layer::<SelfNormLinear<f32>>(3)) {
+                (Some(p), Some(a), Some(s), Some(b)) => (p, a, s, b),
+                _ => return Err(bad()),
+            };
         if max_batch == 0 {
             return Err(bad());
         }

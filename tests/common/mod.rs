@@ -2,6 +2,7 @@
 //! loss of Eq. 3, and central finite differences.
 #![allow(dead_code)]
 
+pub mod files;
 pub mod naive_conv;
 
 use faer::{Mat, MatRef};
