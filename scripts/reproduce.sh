@@ -13,7 +13,7 @@ case "$MODEL" in
     conv) EPOCHS=${EPOCHS:-2}; flags=(--lambda 1 --warmup 1 --angle-batches 1); img=docs/img/conv ;;
     *) echo "usage: $0 fc|conv" >&2; exit 2 ;;
 esac
-cargo build --release --bin snf
+cargo build --release --features cli --bin snf
 SNF=target/release/snf
 for g in snf exact; do
     $SNF train --model "$MODEL" --grad $g --epochs "$EPOCHS" "${flags[@]}" --seed 0 --quiet --force --samples 0 --out runs/repro-$MODEL-$g
