@@ -36,7 +36,7 @@ fn conv_step(c: &mut Criterion) {
         let d = layer.dim();
         let x = input(d);
         let (mut z, mut dz, mut dx) = (Mat::zeros(d, BATCH), Mat::zeros(d, BATCH), Mat::zeros(d, BATCH));
-        let mut ws = ConvWorkspace::new(&layer, BATCH, par);
+        let mut ws = ConvWorkspace::new(&layer, BATCH, par).unwrap();
         let mut g = layer.zero_grads();
         let acfg = AdamConfig { lr: 1e-3, ..Default::default() };
         let mut adam = Adam::new(acfg, g.blocks().map(|m| (m.nrows(), m.ncols()))).unwrap();
@@ -50,7 +50,7 @@ fn conv_step(c: &mut Criterion) {
         });
 
         let mut base = ExactConv2d::<f32>::new(cfg, &mut rng).unwrap();
-        let mut ews = ExactConv2dWorkspace::new(&base, par);
+        let mut ews = ExactConv2dWorkspace::new(&base, par).unwrap();
         let mut eg = base.zero_grads();
         let shapes: Vec<_> = [Some(&eg.w), eg.b.as_ref()].into_iter().flatten().map(|m| (m.nrows(), m.ncols())).collect();
         let mut eadam = Adam::new(acfg, shapes).unwrap();

@@ -34,7 +34,7 @@ fn bench_dtype<T: Real>(c: &mut Criterion, name: &str, ds: &[usize]) {
         group.throughput(Throughput::Elements((12 * d * d * BATCH) as u64));
 
         let mut layer = SelfNormLinear::<T>::new(d, true, &mut rng).unwrap();
-        let mut ws = LinearWorkspace::new(d, BATCH, par);
+        let mut ws = LinearWorkspace::new(d, BATCH, par).unwrap();
         let (mut z, mut dz, mut dx) = (Mat::zeros(d, BATCH), Mat::zeros(d, BATCH), Mat::zeros(d, BATCH));
         let mut g = layer.zero_grads();
         let cfg = AdamConfig { lr: 1e-4, ..Default::default() };
@@ -49,7 +49,7 @@ fn bench_dtype<T: Real>(c: &mut Criterion, name: &str, ds: &[usize]) {
         });
 
         let mut base = ExactLinear::<T>::new(d, true, &mut rng).unwrap();
-        let mut ews = ExactLinearWorkspace::new(d, BATCH, par);
+        let mut ews = ExactLinearWorkspace::new(d, BATCH, par).unwrap();
         let mut eg = base.zero_grads();
         let mut eadam = Adam::new(cfg, [(d, d), (d, 1)]).unwrap();
         group.bench_with_input(BenchmarkId::new("exact", d), &d, |bch, _| {

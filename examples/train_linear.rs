@@ -72,8 +72,8 @@ fn main() -> Result<(), snf::Error> {
     let mut gb = base.zero_grads();
     let mut adam = Adam::new(cfg, g.blocks().map(|m| (m.nrows(), m.ncols())))?;
     let mut adam_b = Adam::new(cfg, [(d, d), (d, 1)])?;
-    let mut ws = LinearWorkspace::new(d, batch.max(n_test), par).with_exact();
-    let mut ews = ExactLinearWorkspace::new(d, batch.max(n_test), par);
+    let mut ws = LinearWorkspace::new(d, batch.max(n_test), par).unwrap().with_exact().unwrap();
+    let mut ews = ExactLinearWorkspace::new(d, batch.max(n_test), par).unwrap();
     let (mut z, mut dz, mut dx) = (Mat::zeros(d, batch), Mat::zeros(d, batch), Mat::zeros(d, batch));
     let (mut y, mut dzg, mut dxg) = (Mat::zeros(d, batch), Mat::zeros(d, batch), Mat::zeros(d, batch));
     let mut zt = Mat::zeros(d, n_test);

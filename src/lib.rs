@@ -64,7 +64,7 @@
 //! let mut rng = snf::init::rng(7);
 //! let mut layer = SelfNormLinear::<f64>::new(d, true, &mut rng)?;
 //! let x = Mat::from_fn(d, b, |i, j| ((i * 31 + j * 17) % 13) as f64 / 13.0 - 0.5);
-//! let mut ws = LinearWorkspace::new(d, b, Par::Seq).with_exact();
+//! let mut ws = LinearWorkspace::new(d, b, Par::Seq)?.with_exact()?;
 //! let (mut z, mut y) = (Mat::zeros(d, b), Mat::zeros(d, b));
 //! let (mut dx, mut dxg) = (Mat::zeros(d, b), Mat::zeros(d, b));
 //!
@@ -106,7 +106,7 @@
 //! let layer = SelfNormConv2d::<f64>::new(cfg, &mut snf::init::rng(1))?;
 //! let (d, b) = (layer.dim(), 8);
 //! let x = Mat::from_fn(d, b, |i, j| ((i * 7 + j * 3) % 11) as f64 / 11.0 - 0.5);
-//! let mut ws = ConvWorkspace::new(&layer, b, Par::Seq).with_exact();
+//! let mut ws = ConvWorkspace::new(&layer, b, Par::Seq)?.with_exact()?;
 //! let (mut z, mut y, mut dx, mut dxg) = (Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b));
 //! layer.forward(x.as_ref(), z.as_mut(), &mut ws)?;
 //! layer.g_inverse(x.as_ref(), y.as_mut(), &mut ws)?;

@@ -242,3 +242,13 @@ pub(crate) fn try_zeros<T: Real>(rows: usize, cols: usize) -> crate::Result<faer
     m.resize_with(rows, cols, |_, _| T::from_f64(0.0));
     Ok(m)
 }
+
+/// Fail with a typed error naming the size, instead of aborting later, when `count`
+/// buffers of `rows x cols` scalars cannot be reserved (nothing stays allocated).
+pub(crate) fn check_alloc<T: Real>(op: &'static str, rows: usize, cols: usize, count: usize) -> crate::Result<()> {
+    let bytes = (rows as u128) * (cols as u128) * (count as u128) * core::mem::size_of::<T>() as u128;
+    let err = || crate::Error::InvalidArgument { op, reason: format!("{count} buffer(s) of {rows} x {cols} ({bytes} bytes) cannot be allocated") };
+    let n = rows.checked_mul(cols).and_then(|v| v.checked_mul(count)).ok_or_else(err)?;
+    let mut v: Vec<T> = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| err())
+}

@@ -169,22 +169,46 @@ fn kill_and_resume_is_bit_identical_to_an_uninterrupted_run() {
     // the metrics files were rewritten from the checkpoint: three epochs, no duplicates
     assert_eq!(std::fs::read_to_string(crashed.join("metrics.jsonl")).unwrap().lines().count(), 3);
 
-    // 2. a real SIGKILL as soon as the first checkpoint exists (wherever the process is
-    //    then: training, evaluating, writing), then resume to the same total
+    let leftovers =
+        std::fs::read_dir(crashed.join("checkpoints")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp.")).count();
+    assert_eq!(leftovers, 0, "the interrupted write's temporary file is cleaned up by the next run");
+
+    // 2. kill -9 anywhere: SIGKILLs at pseudo-random moments of a short run (training,
+    //    evaluating, writing a checkpoint: wherever the process is), each followed by a
+    //    resume (or a fresh start, if no checkpoint exists yet), then a resume to the end:
+    //    the final checkpoint is bit-identical to the uninterrupted run's
     #[cfg(unix)]
     {
         let killed = tmp("killed");
-        let mut child = Command::new(BIN).args(tiny(&killed, "3")).spawn().unwrap();
         let last = killed.join("checkpoints/last.safetensors");
-        let t0 = std::time::Instant::now();
-        while !last.exists() && t0.elapsed().as_secs() < 120 {
-            std::thread::sleep(std::time::Duration::from_millis(2));
+        let mut seed = 0x9E37_79B9_u64 ^ std::process::id() as u64;
+        let mut kills = 0;
+        for _ in 0..5 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let delay = std::time::Duration::from_millis(100 + (seed >> 33) % 1400);
+            let mut cmd = Command::new(BIN);
+            if last.exists() {
+                cmd.args(["train", "--resume", "--quiet", "--samples", "0", "--out", &killed.display().to_string()]);
+            } else {
+                cmd.args(tiny(&killed, "3"));
+            }
+            let mut child = cmd.env_remove("SNF_FAULT").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+            std::thread::sleep(delay);
+            if child.try_wait().unwrap().is_none() {
+                kills += 1;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        let o = Command::new(BIN).args(["train", "--resume", "--quiet", "--samples", "0", "--out", &killed.display().to_string()]).output().unwrap();
+        assert!(kills > 0, "no process was killed: the run is faster than the delays");
+        let mut args: Vec<String> = ["train", "--resume", "--quiet", "--samples", "0", "--out"].map(String::from).to_vec();
+        args.push(killed.display().to_string());
+        if !last.exists() {
+            args = tiny(&killed, "3");
+        }
+        let o = Command::new(BIN).args(&args).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(params_bits(&a), params_bits(&load(&last)), "parameters differ after kill -9 and resume");
+        assert_eq!(params_bits(&a), params_bits(&load(&last)), "parameters differ after {kills} kills and resumes");
         let _ = std::fs::remove_dir_all(&killed);
     }
     let _ = std::fs::remove_dir_all(&straight);
@@ -368,5 +392,85 @@ fn other_data_sets_and_exact_runs() {
     assert!(!out.contains("learned inverse") && out.contains("exact inverse"), "{out}");
     assert!(!err.contains("recon") && !err.contains("lambda"), "{err}");
     fails(&["sample", &exact.display().to_string(), "--inverse", "learned", "--out", &root.join("s.png").display().to_string()]);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The command-line defects of the reliability probe, one check each (all failed on the
+/// release before the fix).
+#[test]
+fn reliability_defects_of_the_cli() {
+    let root = tmp("rel");
+    std::fs::create_dir_all(&root).unwrap();
+    let r = |name: &str| root.join(name).display().to_string();
+    // 1. an empty validation or evaluation set is an error, not an NLL of 0
+    fails(&["train", "--train-subset", "500", "--valid-subset", "0", "--epochs", "2", "--out", &r("empty")]);
+    let a = root.join("a");
+    assert!(run_tiny(&a, "1", &[]).status.success());
+    fails(&["eval", &a.display().to_string(), "--subset", "0"]);
+    // 3. absurd batch sizes: one error line (train, bench), or sized to the data (eval)
+    fails(&["train", "--batch", "1000000000", "--out", &r("huge")]);
+    fails(&["bench", "--batch", "1000000000"]);
+    ok(&["eval", &a.display().to_string(), "--batch", "1000000000", "--subset", "50"]);
+    // 2. resume refuses files of another run: a conv checkpoint copied into an FC run
+    let b = root.join("b");
+    let o = Command::new(BIN).args(tiny(&b, "1")).args(["--model", "conv"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mixed = root.join("mixed");
+    assert!(run_tiny(&mixed, "1", &[]).status.success());
+    std::fs::copy(b.join("checkpoints/last.safetensors"), mixed.join("checkpoints/last.safetensors")).unwrap();
+    let e = fails(&["train", "--resume", "--epochs", "2", "--out", &mixed.display().to_string()]);
+    assert!(e.contains("another run"), "{e}");
+    //    ...and a best checkpoint of another run
+    let mixed2 = root.join("mixed2");
+    assert!(run_tiny(&mixed2, "1", &[]).status.success());
+    std::fs::copy(a.join("checkpoints/best.safetensors"), mixed2.join("checkpoints/best.safetensors")).unwrap();
+    let e = fails(&["train", "--resume", "--epochs", "2", "--out", &mixed2.display().to_string()]);
+    assert!(e.contains("another run"), "{e}");
+    // 11. a failed --force start touches nothing; --resume --epochs 0 is refused
+    let settings = std::fs::read(a.join("run.json")).unwrap();
+    let last = std::fs::read(a.join("checkpoints/last.safetensors")).unwrap();
+    fails(&["train", "--force", "--model", "conv", "--data", "/no/such", "--out", &a.display().to_string()]);
+    assert_eq!(std::fs::read(a.join("run.json")).unwrap(), settings);
+    assert_eq!(std::fs::read(a.join("checkpoints/last.safetensors")).unwrap(), last);
+    fails(&["train", "--resume", "--epochs", "0", "--out", &a.display().to_string()]);
+    assert_eq!(std::fs::read(a.join("run.json")).unwrap(), settings);
+    //    a successful --force replaces every file of the old run (one run id throughout)
+    let o = Command::new(BIN).args(tiny(&a, "1")).args(["--force", "--seed", "3"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = |p: &Path| load(p).meta["settings"]["run_id"].as_str().unwrap().to_string();
+    let run_json: serde_json::Value = serde_json::from_slice(&std::fs::read(a.join("run.json")).unwrap()).unwrap();
+    assert_eq!(id(&a.join("checkpoints/last.safetensors")), id(&a.join("checkpoints/best.safetensors")));
+    assert_eq!(run_json["run_id"].as_str().unwrap(), id(&a.join("checkpoints/last.safetensors")));
+    // 9. a second process on the same run folder fails instead of overwriting the first
+    let busy = root.join("busy");
+    let mut first = Command::new(BIN).args(tiny(&busy, "50")).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !busy.join(".lock").exists() && t0.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let e = fails(&["train", "--force", "--train-subset", "300", "--valid-subset", "200", "--epochs", "1", "--out", &busy.display().to_string()]);
+    assert!(e.contains("in use"), "{e}");
+    let _ = first.kill();
+    let _ = first.wait();
+    // 8. a closed output pipe ends the process quietly: no panic, no abort
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = Command::new(BIN)
+            .args(["eval", &a.display().to_string(), "--subset", "100"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() || out.status.signal() == Some(13), "status {:?}: {err}", out.status);
+        assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+    }
+    // 12. a missing required flag is named in the one-line message
+    let e = fails(&["train", "--geco-rate", "0.1", "--out", &r("geco")]);
+    assert!(e.contains("--geco-target"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -84,7 +84,7 @@ struct Run {
 
 fn conv_snf(layer: &SelfNormConv2d<f64>, x: &Mat<f64>, lambda: f64, par: Par) -> Run {
     let (d, b) = (layer.dim(), x.ncols());
-    let mut ws = ConvWorkspace::new(layer, b, par);
+    let mut ws = ConvWorkspace::new(layer, b, par).unwrap();
     let mut z = Mat::zeros(d, b);
     layer.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
     let dz = Mat::from_fn(d, b, |i, j| -z[(i, j)]);
@@ -96,7 +96,7 @@ fn conv_snf(layer: &SelfNormConv2d<f64>, x: &Mat<f64>, lambda: f64, par: Par) ->
 
 fn conv_exact(layer: &SelfNormConv2d<f64>, x: &Mat<f64>, lambda: f64, par: Par) -> Run {
     let (d, b) = (layer.dim(), x.ncols());
-    let mut ws = ConvWorkspace::new(layer, b, par).with_exact();
+    let mut ws = ConvWorkspace::new(layer, b, par).unwrap().with_exact().unwrap();
     let (mut z, mut y) = (Mat::zeros(d, b), Mat::zeros(d, b));
     layer.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
     layer.g_inverse(x.as_ref(), y.as_mut(), &mut ws).unwrap();
@@ -132,7 +132,7 @@ fn snf_gradients_are_projected_linear_gradients() {
             let run = conv_snf(&layer, &x, lambda, Par::rayon(2));
             let lin = as_linear(&layer);
             let (d, b) = (layer.dim(), 3);
-            let mut lws = LinearWorkspace::new(d, b, Par::Seq);
+            let mut lws = LinearWorkspace::new(d, b, Par::Seq).unwrap();
             let mut z = Mat::zeros(d, b);
             lin.forward(x.as_ref(), z.as_mut(), &mut lws).unwrap();
             let dz = Mat::from_fn(d, b, |i, j| -z[(i, j)]);
@@ -215,7 +215,7 @@ fn log_det_gradient_matches_finite_differences() {
     let cfg = SelfNormConv2dConfig::new(2, [3, 4], 3);
     let layer = random_layer(cfg, 0.2, 61);
     let geom = *layer.geometry();
-    let mut ws = ConvWorkspace::new(&layer, 1, Par::Seq);
+    let mut ws = ConvWorkspace::new(&layer, 1, Par::Seq).unwrap();
     let mut g = Mat::zeros(layer.w().nrows(), layer.w().ncols());
     layer.log_abs_det_grad(g.as_mut(), &mut ws).unwrap();
     let fd = central_diff(&to_na(layer.w()), FD_STEP, |w| {
@@ -228,7 +228,7 @@ fn log_det_gradient_matches_finite_differences() {
     // the baseline: l = -(1/B) sum log p^f
     let base = ExactConv2d::from_self_normalizing(&layer);
     let x = gaussian(layer.dim(), 3, 1.0, &mut rng(62));
-    let mut bws = ExactConv2dWorkspace::new(&base, Par::Seq);
+    let mut bws = ExactConv2dWorkspace::new(&base, Par::Seq).unwrap();
     let mut z = Mat::zeros(layer.dim(), 3);
     base.forward(x.as_ref(), z.as_mut(), &mut bws).unwrap();
     let dz = Mat::from_fn(layer.dim(), 3, |i, j| -z[(i, j)]);
@@ -335,7 +335,7 @@ proptest! {
         let x = gaussian(layer.dim(), b, 1.0, &mut rng(seed + 7));
         let sn = conv_snf(&layer, &x, lambda, Par::Seq);
         let ex = conv_exact(&layer, &x, lambda, Par::Seq);
-        let mut ws = ConvWorkspace::new(&layer, b, Par::Seq);
+        let mut ws = ConvWorkspace::new(&layer, b, Par::Seq).unwrap();
         let mut exact_ld = Mat::zeros(layer.w().nrows(), layer.w().ncols());
         layer.log_abs_det_grad(exact_ld.as_mut(), &mut ws).unwrap();
         let fr = conv::flip(layer.inverse_geometry(), layer.r()).unwrap();
@@ -356,14 +356,14 @@ proptest! {
 fn log_det_lu_is_refactored_when_parameters_change() {
     let cfg = SelfNormConv2dConfig::new(2, [5, 5], 3);
     let mut layer = random_layer(cfg, 0.2, 80);
-    let mut ws = ConvWorkspace::new(&layer, 2, Par::Seq);
+    let mut ws = ConvWorkspace::new(&layer, 2, Par::Seq).unwrap();
     let ld = layer.log_abs_det(&mut ws).unwrap();
     let oracle = to_na(naive_conv::matrix(layer.geometry(), layer.w()).as_ref()).determinant().abs().ln();
     // D = 50, cond ~ 5: LU and nalgebra agree to ~1e-13 relative
     assert!((ld - oracle).abs() < 1e-10 * (1.0 + oracle.abs()));
     assert_eq!(layer.log_abs_det(&mut ws).unwrap(), ld);
     // a fresh workspace factors anew and agrees bit for bit
-    let mut fresh = ConvWorkspace::new(&layer, 1, Par::Seq);
+    let mut fresh = ConvWorkspace::new(&layer, 1, Par::Seq).unwrap();
     assert_eq!(layer.log_abs_det(&mut fresh).unwrap(), ld);
     assert!(fresh.max_batch() == 1);
     // touching the parameters takes a new stamp: the workspace's LU is stale
@@ -389,7 +389,7 @@ fn inverses_round_trip() {
     let layer = random_layer(cfg, 0.1, 90);
     let (d, b) = (layer.dim(), 4);
     let x = gaussian(d, b, 1.0, &mut rng(91));
-    let mut ws = ConvWorkspace::new(&layer, b, Par::rayon(2)).with_exact();
+    let mut ws = ConvWorkspace::new(&layer, b, Par::rayon(2)).unwrap().with_exact().unwrap();
     let (mut z, mut xe, mut y, mut back) = (Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b));
     layer.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
     layer.inverse_exact(z.as_ref(), xe.as_mut(), &mut ws).unwrap();
@@ -407,7 +407,7 @@ fn inverses_round_trip() {
 
     // the exact-gradient baseline inverts exactly too (dense LU), bias included
     let base = snf::layers::conv::ExactConv2d::from_self_normalizing(&layer);
-    let mut bws = snf::layers::conv::ExactConv2dWorkspace::new(&base, Par::Seq);
+    let mut bws = snf::layers::conv::ExactConv2dWorkspace::new(&base, Par::Seq).unwrap();
     base.forward(x.as_ref(), z.as_mut(), &mut bws).unwrap();
     base.inverse(z.as_ref(), xe.as_mut(), &mut bws).unwrap();
     assert!(max_abs_diff(xe.as_ref(), x.as_ref()) < 1e-12);
@@ -447,16 +447,16 @@ fn invalid_configurations_are_rejected() {
     assert!(matches!(SelfNormConv2d::from_parts(ok, wn, r.clone(), bias.clone()), Err(Error::NonFinite { .. })));
     // a singular kernel: typed error from the exact path, not a panic
     let zero = SelfNormConv2d::from_parts(ok, Mat::zeros(w.nrows(), w.ncols()), r.clone(), bias).unwrap();
-    let mut ws = ConvWorkspace::new(&zero, 2, Par::Seq);
+    let mut ws = ConvWorkspace::new(&zero, 2, Par::Seq).unwrap();
     assert!(matches!(zero.log_abs_det(&mut ws), Err(Error::Singular { .. })));
     // backward before forward, wrong workspace
     let x = Mat::zeros(l.dim(), 2);
     let mut dx = Mat::zeros(l.dim(), 2);
     let mut g = l.zero_grads();
-    let mut ws = ConvWorkspace::new(&l, 2, Par::Seq);
+    let mut ws = ConvWorkspace::new(&l, 2, Par::Seq).unwrap();
     assert!(matches!(l.backward(x.as_ref(), x.as_ref(), dx.as_mut(), &mut g, &mut ws, 1.0), Err(Error::InvalidArgument { .. })));
     let other = SelfNormConv2d::<f64>::new(ok.with_inverse_kernel([5, 5]), &mut rng(1)).unwrap();
-    let mut ows = ConvWorkspace::new(&other, 2, Par::Seq);
+    let mut ows = ConvWorkspace::new(&other, 2, Par::Seq).unwrap();
     let mut z = Mat::zeros(l.dim(), 2);
     assert!(matches!(l.forward(x.as_ref(), z.as_mut(), &mut ows), Err(Error::InvalidArgument { .. })));
 }
@@ -480,7 +480,7 @@ fn initialisation_follows_the_paper() {
     // ~ 0.03 here. With B = 400 the sample mean is within ~10% (chi-square-like spread);
     // the bound [0.7, 1.3] fails if r were not flip(w) (then the error is O(D)).
     let b = 400;
-    let mut ws = ConvWorkspace::new(&layer, b, Par::Seq);
+    let mut ws = ConvWorkspace::new(&layer, b, Par::Seq).unwrap();
     let x = gaussian(layer.dim(), b, 1.0, &mut rng(6));
     let rec = layer.reconstruction_error(x.as_ref(), &mut ws).unwrap();
     let tw = to_na(naive_conv::matrix(layer.geometry(), layer.w()).as_ref());

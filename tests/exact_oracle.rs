@@ -16,7 +16,7 @@ use snf::Error;
 fn check_logdet(a: &Mat<f64>) {
     let n = a.nrows();
     let det = to_na(a.as_ref()).determinant();
-    let mut lu = Lu::new(n, 1, Par::Seq);
+    let mut lu = Lu::new(n, 1, Par::Seq).unwrap();
     match lu.factor(a.as_ref()) {
         Ok(()) => {
             let ld = lu.log_abs_det().unwrap();
@@ -60,7 +60,7 @@ proptest! {
         let x = exact::solve(a.as_ref(), b.as_ref()).unwrap();
         prop_assert!(max_abs_diff(x.as_ref(), from_na(&(&inv * to_na(b.as_ref()))).as_ref()) < 1e-11);
         // transpose solve, in chunks of 3 columns
-        let mut lu = Lu::new(n, 3, Par::Seq);
+        let mut lu = Lu::new(n, 3, Par::Seq).unwrap();
         lu.factor(a.as_ref()).unwrap();
         let mut xt = b.clone();
         lu.solve_transpose_in_place(xt.as_mut()).unwrap();
@@ -82,7 +82,7 @@ fn typed_errors_not_panics() {
     assert_eq!(exact::log_abs_det(Mat::<f64>::zeros(0, 0).as_ref()), Ok(0.0));
     let i3 = Mat::<f64>::identity(3, 3);
     assert!(matches!(exact::solve(i3.as_ref(), Mat::<f64>::zeros(4, 1).as_ref()), Err(Error::ShapeMismatch { .. })));
-    let lu = Lu::<f64>::new(3, 1, Par::Seq);
+    let lu = Lu::<f64>::new(3, 1, Par::Seq).unwrap();
     assert!(matches!(lu.log_abs_det(), Err(Error::InvalidArgument { .. })));
     // huge but finite: log-det is exact in log space, no overflow
     let big = Mat::<f64>::from_fn(50, 50, |i, j| if i == j { 1e300 } else { 0.0 });
@@ -92,7 +92,7 @@ fn typed_errors_not_panics() {
     let tiny = Mat::<f64>::from_fn(2, 2, |i, j| if i == j { 1e-310 } else { 0.0 });
     assert!(matches!(exact::inverse_transpose(tiny.as_ref()), Err(Error::NonFinite { .. })));
     // a failed factor leaves the workspace unusable until the next success
-    let mut lu = Lu::<f64>::new(3, 1, Par::Seq);
+    let mut lu = Lu::<f64>::new(3, 1, Par::Seq).unwrap();
     lu.factor(i3.as_ref()).unwrap();
     assert!(lu.factor(sq.as_ref()).is_err());
     assert!(lu.log_abs_det().is_err());

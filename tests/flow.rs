@@ -233,7 +233,7 @@ fn snf_sweep_matches_layer_by_layer_backward() {
     let mut grads = flow.zero_grads();
     let stats = flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.3).unwrap();
     // by hand
-    let (mut w1, mut w2) = (LinearWorkspace::new(d, 4, Par::Seq), LinearWorkspace::new(d, 4, Par::Seq));
+    let (mut w1, mut w2) = (LinearWorkspace::new(d, 4, Par::Seq).unwrap(), LinearWorkspace::new(d, 4, Par::Seq).unwrap());
     let (mut h1, mut a1, mut z) = (Mat::zeros(d, 4), Mat::zeros(d, 4), Mat::zeros(d, 4));
     l1.forward(x.as_ref(), h1.as_mut(), &mut w1).unwrap();
     snf::activation::forward(&slr(), h1.as_ref(), a1.as_mut(), &mut [0.0; 4], Par::Seq).unwrap();

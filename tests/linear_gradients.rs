@@ -27,7 +27,7 @@ fn case(d: usize, b: usize, bias: bool, r_noise: f64, lambda: f64, seed: u64) ->
 /// Exact gradients of the Eq. 3 loss for a single layer on a standard normal base.
 fn exact_grads(c: &Case) -> (LinearGrads<f64>, Mat<f64>, Mat<f64>) {
     let (d, b) = (c.layer.dim(), c.x.ncols());
-    let mut ws = LinearWorkspace::new(d, b, Par::Seq).with_exact();
+    let mut ws = LinearWorkspace::new(d, b, Par::Seq).unwrap().with_exact().unwrap();
     let (mut z, mut y) = (Mat::zeros(d, b), Mat::zeros(d, b));
     c.layer.forward(c.x.as_ref(), z.as_mut(), &mut ws).unwrap();
     c.layer.g_inverse(c.x.as_ref(), y.as_mut(), &mut ws).unwrap();
@@ -41,7 +41,7 @@ fn exact_grads(c: &Case) -> (LinearGrads<f64>, Mat<f64>, Mat<f64>) {
 
 fn snf_grads(c: &Case) -> (LinearGrads<f64>, Mat<f64>, f64) {
     let (d, b) = (c.layer.dim(), c.x.ncols());
-    let mut ws = LinearWorkspace::new(d, b, Par::Seq);
+    let mut ws = LinearWorkspace::new(d, b, Par::Seq).unwrap();
     let mut z = Mat::zeros(d, b);
     c.layer.forward(c.x.as_ref(), z.as_mut(), &mut ws).unwrap();
     let dz = Mat::from_fn(d, b, |i, j| -z[(i, j)]);
@@ -124,7 +124,7 @@ fn exact_linear_baseline_matches_finite_differences() {
     let mut layer = ExactLinear::<f64>::new(d, true, &mut g).unwrap();
     // move away from identity so W^{-T} is not trivially I
     let w2 = well_conditioned(d, 0.35, &mut g);
-    let mut ws = ExactLinearWorkspace::new(d, 9, Par::Seq);
+    let mut ws = ExactLinearWorkspace::new(d, 9, Par::Seq).unwrap();
     let mut grads = layer.zero_grads();
     // one plain step of "learning" to set W := w2 and a nonzero bias via params_with_grads
     for (mut p, _) in layer.params_with_grads(&grads.clone()).unwrap() {
@@ -179,7 +179,7 @@ fn snf_equals_exact_when_r_is_the_inverse() {
 fn inverses_round_trip() {
     let c = case(8, 5, true, 0.0, 1.0, 41);
     let (d, b) = (8, 5);
-    let mut ws = LinearWorkspace::new(d, b, Par::Seq);
+    let mut ws = LinearWorkspace::new(d, b, Par::Seq).unwrap();
     let (mut z, mut xe, mut xl) = (Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b));
     c.layer.forward(c.x.as_ref(), z.as_mut(), &mut ws).unwrap();
     c.layer.inverse_exact(z.as_ref(), xe.as_mut(), &mut ws).unwrap();

@@ -18,7 +18,7 @@ fn both(d: usize, b: usize, seed: u64, noise: f64, lambda: f64, bias: bool) -> (
     let bv = bias.then(|| gaussian(d, 1, 0.5, &mut g));
     let x = gaussian(d, b, 1.0, &mut g);
     let layer = SelfNormLinear::from_parts(w, r.clone(), bv).unwrap();
-    let mut ws = LinearWorkspace::new(d, b, Par::Seq).with_exact();
+    let mut ws = LinearWorkspace::new(d, b, Par::Seq).unwrap().with_exact().unwrap();
     let (mut z, mut y, mut dxf, mut dxg) = (Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b));
     layer.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
     layer.g_inverse(x.as_ref(), y.as_mut(), &mut ws).unwrap();

@@ -40,8 +40,8 @@ fn steps(par: Par) -> (usize, usize) {
     let mut layer = SelfNormLinear::<f32>::new(d, true, &mut rng).unwrap();
     let mut base = ExactLinear::<f32>::new(d, true, &mut rng).unwrap();
     let x = Mat::<f32>::from_fn(d, b, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0 - 0.5);
-    let mut ws = LinearWorkspace::new(d, b, par);
-    let mut ews = ExactLinearWorkspace::new(d, b, par);
+    let mut ws = LinearWorkspace::new(d, b, par).unwrap();
+    let mut ews = ExactLinearWorkspace::new(d, b, par).unwrap();
     let (mut z, mut dz, mut dx) = (Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b));
     let mut g = layer.zero_grads();
     let mut eg = base.zero_grads();
@@ -51,7 +51,7 @@ fn steps(par: Par) -> (usize, usize) {
     // per-thread GEMM packing buffers: see conv_steps
     rayon::broadcast(|_| {
         let l = layer.clone();
-        let mut ws = LinearWorkspace::new(d, b, Par::Seq);
+        let mut ws = LinearWorkspace::new(d, b, Par::Seq).unwrap();
         let (mut z, mut dx) = (Mat::zeros(d, b), Mat::zeros(d, b));
         let mut g = l.zero_grads();
         l.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
@@ -91,7 +91,7 @@ fn conv_steps(par: Par) -> usize {
     let mut layer = SelfNormConv2d::<f32>::new(cfg, &mut snf::init::rng(4)).unwrap();
     let (d, b) = (layer.dim(), 16);
     let x = Mat::<f32>::from_fn(d, b, |i, j| ((i * 5 + j * 3) % 13) as f32 / 13.0 - 0.5);
-    let mut ws = ConvWorkspace::new(&layer, b, par);
+    let mut ws = ConvWorkspace::new(&layer, b, par).unwrap();
     let (mut z, mut dz, mut dx) = (Mat::zeros(d, b), Mat::zeros(d, b), Mat::zeros(d, b));
     let mut g = layer.zero_grads();
     let mut adam = Adam::new(AdamConfig { lr: 1e-3, ..Default::default() }, g.blocks().map(|m| (m.nrows(), m.ncols()))).unwrap();
@@ -100,7 +100,7 @@ fn conv_steps(par: Par) -> usize {
     // hoping work stealing hands each worker a block during the warm-up steps.
     rayon::broadcast(|_| {
         let l = layer.clone();
-        let mut ws = ConvWorkspace::new(&l, b, Par::Seq);
+        let mut ws = ConvWorkspace::new(&l, b, Par::Seq).unwrap();
         let (mut z, mut dx) = (Mat::zeros(d, b), Mat::zeros(d, b));
         let mut g = l.zero_grads();
         l.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();

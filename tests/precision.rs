@@ -23,7 +23,7 @@ fn grads<T: Real>(w: &Mat<f64>, r: &Mat<f64>, b: &Mat<f64>, x: &Mat<f64>, exact:
     let (d, n) = (x.nrows(), x.ncols());
     let layer = SelfNormLinear::<T>::from_parts(cast(w), cast(r), Some(cast(b))).unwrap();
     let x = cast::<T>(x);
-    let mut ws = LinearWorkspace::new(d, n, Par::Seq).with_exact();
+    let mut ws = LinearWorkspace::new(d, n, Par::Seq).unwrap().with_exact().unwrap();
     let (mut z, mut y, mut dxf, mut dxg) = (Mat::zeros(d, n), Mat::zeros(d, n), Mat::zeros(d, n), Mat::zeros(d, n));
     layer.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
     let dz = Mat::from_fn(d, n, |i, j| -z[(i, j)]);
@@ -77,7 +77,7 @@ fn conv_f32_agrees_with_f64() {
                 .unwrap();
         let (d, n) = (x.nrows(), x.ncols());
         let x = cast::<T>(x);
-        let mut ws = ConvWorkspace::new(&layer, n, Par::rayon(2));
+        let mut ws = ConvWorkspace::new(&layer, n, Par::rayon(2)).unwrap();
         let (mut z, mut dx) = (Mat::zeros(d, n), Mat::zeros(d, n));
         layer.forward(x.as_ref(), z.as_mut(), &mut ws).unwrap();
         let dz = Mat::from_fn(d, n, |i, j| -z[(i, j)]);

@@ -43,6 +43,7 @@ macro_rules! elementwise_transform {
                 super::inverse($bij, y, x)
             }
             fn spec(&self) -> serde_json::Value {
+                #[allow(unused_variables)]
                 let $f = self;
                 $spec
             }

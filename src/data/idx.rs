@@ -46,12 +46,54 @@ pub fn parse_idx(bytes: &[u8], path: &str) -> Result<IdxArray, DataError> {
     };
     let dims: Vec<usize> = dim_bytes.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     let got = (bytes.len() - header) as u64;
-    let expected = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).filter(|&n| n <= MAX_BYTES);
-    match expected {
-        Some(n) if n == got => Ok(IdxArray { dims, data: bytes[header..].to_vec() }),
-        Some(n) => Err(DataError::WrongLength { path: path.to_string(), expected: n, got }),
-        None => Err(DataError::WrongLength { path: path.to_string(), expected: u64::MAX, got }),
+    let n = payload_size(&dims, path)?;
+    if n == got {
+        Ok(IdxArray { dims, data: bytes[header..].to_vec() })
+    } else {
+        Err(DataError::WrongLength { path: path.to_string(), expected: n, got })
     }
+}
+
+/// The payload size the dimensions declare, or an error naming it and the limit.
+fn payload_size(dims: &[usize], path: &str) -> Result<u64, DataError> {
+    let n = dims.iter().try_fold(1u128, |acc, &d| acc.checked_mul(d as u128)).unwrap_or(u128::MAX);
+    if n > MAX_BYTES as u128 {
+        return Err(DataError::BadHeader {
+            path: path.to_string(),
+            reason: format!("dimensions {dims:?} declare {n} bytes, more than the limit of {MAX_BYTES} (1 GiB)"),
+        });
+    }
+    Ok(n as u64)
+}
+
+/// Read and parse an IDX file, raw or gzip-compressed, checking the header before the
+/// payload: a compressed file whose header declares more than the 1 GiB limit is refused
+/// after inflating its first bytes, not its whole body (a gzip bomb costs nothing).
+///
+/// # Errors
+/// As [`read_maybe_gz`] and [`parse_idx`].
+pub fn read_idx_checked(path: &Path) -> Result<IdxArray, DataError> {
+    let name = path.display().to_string();
+    let raw = std::fs::read(path).map_err(|e| DataError::Io { path: name.clone(), reason: e.to_string() })?;
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return parse_idx(&raw, &name);
+    }
+    let io = |e: std::io::Error| DataError::Io { path: name.clone(), reason: e.to_string() };
+    let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]);
+    let mut head = [0u8; 4];
+    dec.read_exact(&mut head).map_err(io)?;
+    let nd = head[3] as usize;
+    let mut dims = vec![0u8; 4 * nd];
+    dec.read_exact(&mut dims).map_err(io)?;
+    let mut bytes = head.to_vec();
+    bytes.extend_from_slice(&dims);
+    let declared: Vec<usize> = dims.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+    if head[..2] == [0, 0] && head[2] == 0x08 && nd > 0 {
+        let n = payload_size(&declared, &name)?;
+        // at most one byte more than declared: a longer payload is a length error anyway
+        dec.take(n + 1).read_to_end(&mut bytes).map_err(io)?;
+    }
+    parse_idx(&bytes, &name)
 }
 
 /// Read a whole file, transparently decompressing gzip (detected by its magic bytes,

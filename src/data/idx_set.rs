@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::checksum::{parse_sums, verify};
 use super::dataset::Splits;
-use super::idx::{parse_idx, read_maybe_gz, IdxArray};
+use super::idx::{read_idx_checked, IdxArray};
 use super::images::Images;
 use crate::error::{DataError, Result};
 use crate::shape::Shape;
@@ -92,8 +92,7 @@ pub fn load_idx(dir: &Path, opts: IdxOptions) -> Result<Splits<Images>> {
             let raw = std::fs::read(&path).map_err(|e| DataError::Io { path: path.display().to_string(), reason: e.to_string() })?;
             verify(&raw, &file_name, sums, &path)?;
         }
-        let bytes = read_maybe_gz(&path)?;
-        Ok(Some((parse_idx(&bytes, &path.display().to_string())?, path.display().to_string())))
+        Ok(Some((read_idx_checked(&path)?, path.display().to_string())))
     };
     let (ti, tip) = read(FILES[0], true)?.ok_or_else(|| missing(dir))?;
     let tl = read(FILES[1], false)?;

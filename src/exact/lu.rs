@@ -50,7 +50,10 @@ impl<T: Real> Lu<T> {
     /// Allocate an LU workspace for `n x n` matrices. `rhs_chunk` is how many right-hand
     /// side columns a solve handles per pass (larger solves run in chunks of that many, so
     /// any width works without allocating). A zero `rhs_chunk` is treated as 1.
-    pub fn new(n: usize, rhs_chunk: usize, par: Par) -> Self {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the size when the buffers cannot be allocated.
+    pub fn new(n: usize, rhs_chunk: usize, par: Par) -> Result<Self> {
         let rhs_chunk = rhs_chunk.max(1);
         let req = StackReq::any_of(&[
             factor::lu_in_place_scratch::<usize, T>(n, n, par, Default::default()),
@@ -58,7 +61,10 @@ impl<T: Real> Lu<T> {
             solve::solve_transpose_in_place_scratch::<usize, T>(n, rhs_chunk, par),
             inverse::inverse_scratch::<usize, T>(n, par),
         ]);
-        Self { lu: Mat::zeros(n, n), perm: vec![0; n], perm_inv: vec![0; n], scratch: MemBuffer::new(req), rhs_chunk, par, factored: false, transpositions: 0 }
+        let lu = crate::util::try_zeros(n, n)?;
+        let scratch = MemBuffer::try_new(req)
+            .map_err(|_| Error::InvalidArgument { op: "exact::Lu::new", reason: format!("the LU scratch for n = {n} cannot be allocated") })?;
+        Ok(Self { lu, perm: vec![0; n], perm_inv: vec![0; n], scratch, rhs_chunk, par, factored: false, transpositions: 0 })
     }
 
     /// The dimension `n` this workspace was made for.

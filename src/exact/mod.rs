@@ -41,7 +41,7 @@ fn square(op: &'static str, a: MatRef<'_, impl Real>) -> Result<usize> {
 /// ```
 pub fn log_abs_det<T: Real>(a: MatRef<'_, T>) -> Result<f64> {
     let n = square("exact::log_abs_det", a)?;
-    let mut lu = Lu::new(n, 1, Par::Seq);
+    let mut lu = Lu::new(n, 1, Par::Seq)?;
     lu.factor(a)?;
     lu.log_abs_det()
 }
@@ -52,7 +52,7 @@ pub fn log_abs_det<T: Real>(a: MatRef<'_, T>) -> Result<f64> {
 /// [`Error::NotSquare`], [`Error::NonFinite`], [`Error::Singular`].
 pub fn inverse_transpose<T: Real>(a: MatRef<'_, T>) -> Result<Mat<T>> {
     let n = square("exact::inverse_transpose", a)?;
-    let mut lu = Lu::new(n, 1, Par::Seq);
+    let mut lu = Lu::new(n, 1, Par::Seq)?;
     lu.factor(a)?;
     let mut out = Mat::zeros(n, n);
     lu.inverse_transpose_into(out.as_mut())?;
@@ -66,7 +66,7 @@ pub fn inverse_transpose<T: Real>(a: MatRef<'_, T>) -> Result<Mat<T>> {
 /// [`Error::NonFinite`], [`Error::Singular`].
 pub fn solve<T: Real>(a: MatRef<'_, T>, b: MatRef<'_, T>) -> Result<Mat<T>> {
     let n = square("exact::solve", a)?;
-    let mut lu = Lu::new(n, b.ncols(), Par::Seq);
+    let mut lu = Lu::new(n, b.ncols(), Par::Seq)?;
     lu.factor(a)?;
     let mut x = b.to_owned();
     lu.solve_in_place(x.as_mut())?;

@@ -248,9 +248,20 @@ impl<T: Real> Trainer<T> {
         if state.history.iter().enumerate().any(|(i, r)| r.epoch != i + 1) {
             return Err(Error::InvalidArgument { op: OP, reason: "the history is not epochs 1, 2, ... in order".into() });
         }
+        let same_model = |f: &Flow<T>| {
+            f.shape() == t.flow.shape()
+                && f.layers().len() == t.flow.layers().len()
+                && f.layers()
+                    .iter()
+                    .zip(t.flow.layers())
+                    .all(|(a, b)| a.spec() == b.spec() && a.params().iter().map(|p| p.value.shape()).eq(b.params().iter().map(|p| p.value.shape())))
+        };
         t.best = match (state.best, best_flow) {
             (None, _) => None,
-            (Some((e, nll)), Some(f)) if f.dim() == t.flow.dim() && e >= 1 && e <= state.history.len() => Some((e, nll, f)),
+            (Some(_), Some(f)) if !same_model(&f) => {
+                return Err(Error::InvalidArgument { op: OP, reason: "the best flow is another model than the one being resumed".into() })
+            }
+            (Some((e, nll)), Some(f)) if e >= 1 && e <= state.history.len() => Some((e, nll, f)),
             (Some(_), _) => return Err(Error::InvalidArgument { op: OP, reason: "the state's best epoch needs its flow".into() }),
         };
         t.step = state.step;
@@ -347,7 +358,17 @@ impl<T: Real> Trainer<T> {
                     angle_time += ta.elapsed().as_secs_f64();
                 }
             }
-            let stats = self.flow.gradients(x, &mut self.grads, &mut self.ws, lam)?;
+            let stats = match self.flow.gradients(x, &mut self.grads, &mut self.ws, lam) {
+                Ok(s) => s,
+                Err(e @ (Error::Singular { .. } | Error::NonFinite { .. })) => {
+                    self.order = order;
+                    return Err(Error::InvalidArgument {
+                        op: OP,
+                        reason: format!("training diverged at epoch {epoch}, step {s}: {e} (the learning rate {:e} is likely too large)", self.cfg.adam.lr),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             if let (true, Some(eg)) = (s < self.cfg.angle_batches, self.exact_grads.as_ref()) {
                 for k in self.flow.self_normalizing() {
                     let a = self.grads.layers[k].blocks();
@@ -365,8 +386,8 @@ impl<T: Real> Trainer<T> {
                 return Err(Error::InvalidArgument {
                     op: OP,
                     reason: format!(
-                        "training diverged: reconstruction error {:.3e} > {:.1e} at epoch {epoch}, step {s} (increase lambda)",
-                        stats.reconstruction_error, self.cfg.max_reconstruction_error
+                        "training diverged: reconstruction error {:.3e} > {:.1e} at epoch {epoch}, step {s} (increase lambda, or lower the learning rate {:e})",
+                        stats.reconstruction_error, self.cfg.max_reconstruction_error, self.cfg.adam.lr
                     ),
                 });
             }

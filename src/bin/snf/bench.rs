@@ -33,8 +33,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.dims.is_empty() || a.dims.iter().any(|&d| d == 0 || d > 8192) || a.batch == 0 || a.reps == 0 {
-        return Err(CliError::Usage("--dims must be in 1..=8192, --batch and --reps positive".into()));
+    if a.dims.is_empty() || a.dims.iter().any(|&d| d == 0 || d > 8192) || a.batch == 0 || a.batch > 1 << 16 || a.reps == 0 {
+        return Err(CliError::Usage(format!("--dims must be in 1..=8192, --batch in 1..=65536 (got {}), --reps positive", a.batch)));
     }
     println!("one training step of a linear flow layer, batch {}, {:?}, median of {} (ms)", a.batch, a.precision, a.reps);
     println!("{:>6} {:>10} {:>10} {:>12}", "D", "SNF", "exact", "exact / SNF");
@@ -73,7 +73,7 @@ fn point<T: Real>(d: usize, a: &Args) -> Result<(f64, f64)> {
     let cfg = AdamConfig::default();
 
     let mut layer = SelfNormLinear::<T>::new(d, true, &mut rng)?;
-    let mut ws = LinearWorkspace::new(d, b, par);
+    let mut ws = LinearWorkspace::new(d, b, par)?;
     let mut g = layer.zero_grads();
     let mut adam = Adam::new(cfg, g.blocks().map(|m| (m.nrows(), m.ncols())))?;
     let snf_time = time(a.reps, || {
@@ -84,7 +84,7 @@ fn point<T: Real>(d: usize, a: &Args) -> Result<(f64, f64)> {
     })?;
 
     let mut base = ExactLinear::<T>::new(d, true, &mut rng)?;
-    let mut ews = ExactLinearWorkspace::new(d, b, par);
+    let mut ews = ExactLinearWorkspace::new(d, b, par)?;
     let mut eg = base.zero_grads();
     let mut eadam = Adam::new(cfg, [(d, d), (d, 1)])?;
     let exact_time = time(a.reps, || {

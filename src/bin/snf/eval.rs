@@ -59,6 +59,7 @@ fn eval<T: Real>(a: &Args, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     let meta: Option<CheckpointMeta> = serde_json::from_value(ck.meta.clone()).ok();
     // the run's data settings (a checkpoint without them: the shipped MNIST), then the flags
     let mut s = meta.as_ref().map(|m| m.settings.clone()).unwrap_or_else(|| RunSettings {
+        run_id: String::new(),
         model: Model::Fc,
         grad: Grad::Snf,
         precision: Precision::F32,
@@ -91,10 +92,12 @@ fn eval<T: Real>(a: &Args, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     }
     let seed = meta.as_ref().map_or(0, |m| m.settings.config.seed);
     let par = Par::rayon(meta.as_ref().map_or(a.threads, |m| if a.threads == 0 { m.settings.threads } else { a.threads }));
-    let mut ws = ck.flow.workspace(a.batch, par)?;
-    let mut batch = Mat::zeros(ck.flow.dim(), a.batch);
+    // no wider than the split: a huge --batch sizes nothing it does not use
+    let width = a.batch.min(examples.len());
+    let mut ws = ck.flow.workspace(width, par)?;
+    let mut batch = Mat::zeros(ck.flow.dim(), width);
     let static_ld = if a.recompute_log_det { ck.flow.static_log_det(&mut ws)? } else { ck.static_log_det };
-    let (nll, bpd) = evaluate_given(&ck.flow, static_ld, &examples, a.batch, seed, &mut ws, &mut batch)?;
+    let (nll, bpd) = evaluate_given(&ck.flow, static_ld, &examples, width, seed, &mut ws, &mut batch)?;
     let split_name = format!("{:?}", a.split).to_lowercase();
     if a.json {
         let v = serde_json::json!({

@@ -41,6 +41,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A closed output pipe (`snf eval RUN | head -1`) ends the process quietly, as it does
+    // for other command-line tools, instead of a panic in `println!`: restore the default
+    // SIGPIPE action that the Rust runtime replaces with "ignore".
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // The library does not panic on user input; should anything else, report it in one
     // line like every other error rather than with a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -67,9 +76,16 @@ fn main() -> ExitCode {
                 }
                 _ => {}
             }
-            // one line: clap's own first line ("error: ...") and where to look
+            // one line: clap's own first line ("error: ...") and where to look; a first
+            // line ending in ':' continues on the next (the missing arguments' names)
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("error: invalid arguments");
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("error: invalid arguments").to_string();
+            if first.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    first = format!("{first} {next}");
+                }
+            }
             eprintln!("{first} (see snf --help)");
             return ExitCode::from(2);
         }

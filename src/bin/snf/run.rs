@@ -71,6 +71,10 @@ pub enum Precision {
 /// Everything that defines a run (saved as `run.json` and inside every checkpoint).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSettings {
+    /// A random identity, the same in `run.json` and in every checkpoint of the run: files
+    /// of different runs are never paired on `--resume`.
+    #[serde(default)]
+    pub run_id: String,
     /// Model.
     pub model: Model,
     /// Gradient.
@@ -146,6 +150,49 @@ impl RunDir {
 
     pub fn create(&self) -> Result<()> {
         std::fs::create_dir_all(self.checkpoints()).map_err(|e| io(&self.checkpoints(), e))
+    }
+
+    /// Take the run folder for this process: an exclusive lock on `RUN_DIR/.lock`, held
+    /// until the returned file is dropped (the process ends). A second `snf train` on the
+    /// same folder fails with a clear message instead of overwriting the first one's files.
+    pub fn lock(&self) -> Result<std::fs::File> {
+        self.create()?;
+        let path = self.root.join(".lock");
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io(&path, e))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(CliError::Usage(format!("{} is in use by another snf process (lock {})", self.root.display(), path.display())))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&path, e)),
+        }
+    }
+
+    /// Remove what a previous run left: checkpoints, metrics, plots, samples, and the
+    /// temporary files of checkpoint writes that a crash interrupted (`--force`).
+    pub fn clear(&self) -> Result<()> {
+        for p in [self.last(), self.best(), self.metrics_csv(), self.metrics_jsonl(), self.samples()]
+            .into_iter()
+            .chain(["nll_vs_epoch.png", "nll_vs_time.png", "angles.png"].map(|f| self.root.join(f)))
+        {
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
+            }
+        }
+        self.remove_stale_temporaries()
+    }
+
+    /// Delete `.NAME.tmp.PID` files left in the checkpoint folder by a write that was
+    /// killed (call with the lock held: no other process writes there).
+    pub fn remove_stale_temporaries(&self) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(self.checkpoints()) else { return Ok(()) };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp.") {
+                std::fs::remove_file(e.path()).map_err(|err| io(&e.path(), err))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn write_settings(&self, s: &RunSettings) -> Result<()> {
@@ -251,6 +298,9 @@ pub fn load_data(s: &RunSettings) -> Result<Splits<Images>> {
     }
     if let Some(n) = s.valid_subset {
         d.valid = d.valid.head(n);
+    }
+    if d.train.is_empty() || d.valid.is_empty() {
+        return Err(CliError::Usage(format!("{} training and {} validation images: both splits need at least one", d.train.len(), d.valid.len())));
     }
     Ok(d)
 }

@@ -114,6 +114,8 @@ pub fn run(a: Args) -> Result<()> {
     };
     let dir = RunDir::new(out);
     if a.resume {
+        // the folder is this process's from here to the end of the run
+        let _lock = dir.lock()?;
         let last = dir.last();
         if !last.is_file() {
             return Err(CliError::Usage(format!("{}: nothing to resume (no checkpoints/last.safetensors)", dir.root.display())));
@@ -130,22 +132,33 @@ pub fn run(a: Args) -> Result<()> {
     let settings = settings_from(&a)?;
     // everything that can fail on the user's input fails before the run folder is touched
     let data = load_data(&settings)?;
+    if settings.config.batch > data.train.len() {
+        return Err(CliError::Usage(format!("--batch {} is larger than the {} training images", settings.config.batch, data.train.len())));
+    }
     let shape = data.train.shape();
     let par = Par::rayon(settings.threads);
     match settings.precision {
         Precision::F32 => {
             let t = Trainer::<f32>::new(build_model(&settings, shape)?, settings.config, par)?;
-            dir.create()?;
-            dir.write_settings(&settings)?;
-            train(t, &settings, &dir, &a, &data)
+            start(t, &settings, &dir, &a, &data)
         }
         Precision::F64 => {
             let t = Trainer::<f64>::new(build_model(&settings, shape)?, settings.config, par)?;
-            dir.create()?;
-            dir.write_settings(&settings)?;
-            train(t, &settings, &dir, &a, &data)
+            start(t, &settings, &dir, &a, &data)
         }
     }
+}
+
+/// A new run: take the folder, set aside what an older run left (`--force`) before
+/// anything of the new one is written, then train.
+fn start<T: Real>(t: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Args, data: &Splits<Images>) -> Result<()> {
+    let _lock = dir.lock()?;
+    if dir.last().exists() && !a.force {
+        return Err(CliError::Usage(format!("{} already holds a run; pass --resume to continue it or --force to start over", dir.root.display())));
+    }
+    dir.clear()?;
+    dir.write_settings(s)?;
+    train(t, s, dir, a, data)
 }
 
 /// Continue the run whose `last` checkpoint is `bytes` (parsed once, in its own
@@ -155,6 +168,21 @@ fn resume<T: Real>(bytes: &[u8], dir: &RunDir, a: &Args) -> Result<()> {
     let ck = Checkpoint::<T>::from_bytes(bytes, &last.display().to_string())?;
     let meta: CheckpointMeta = serde_json::from_value(ck.meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", last.display())))?;
     let mut s = meta.settings;
+    // every file of the run must carry the same run identity
+    let foreign = |what: &str| {
+        CliError::Usage(format!(
+            "{}: {what} belongs to another run than checkpoints/last.safetensors (run {}); refusing to pair them",
+            dir.root.display(),
+            s.run_id
+        ))
+    };
+    if let Ok(text) = std::fs::read_to_string(dir.settings()) {
+        if let Ok(on_disk) = serde_json::from_str::<RunSettings>(&text) {
+            if on_disk.run_id != s.run_id || on_disk.model != s.model || on_disk.grad != s.grad {
+                return Err(foreign("run.json"));
+            }
+        }
+    }
     if let Some(e) = a.epochs {
         if e < ck.training.as_ref().map_or(0, |(_, st)| st.history.len()) || e == 0 {
             return Err(CliError::Usage(format!("--epochs {e} with --resume: the run already has more epochs (give the new total)")));
@@ -173,6 +201,9 @@ fn resume<T: Real>(bytes: &[u8], dir: &RunDir, a: &Args) -> Result<()> {
             let b = Checkpoint::<T>::load(&dir.best())?;
             let meta: CheckpointMeta =
                 serde_json::from_value(b.meta).map_err(|e| CliError::Usage(format!("{}: no run settings: {e}", dir.best().display())))?;
+            if meta.settings.run_id != s.run_id {
+                return Err(foreign("checkpoints/best.safetensors"));
+            }
             if meta.epoch != e && meta.epoch <= state.history.len() {
                 return Err(CliError::Usage(format!("{}: holds epoch {}, the last checkpoint's best is epoch {e}", dir.best().display(), meta.epoch)));
             }
@@ -241,6 +272,7 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         return Err(CliError::Usage(format!("--dataset {} needs --data DIR", format!("{:?}", a.dataset).to_lowercase())));
     }
     Ok(RunSettings {
+        run_id: format!("{:016x}", rand::random::<u64>()),
         model: a.model,
         grad: a.grad,
         precision: a.precision,
@@ -267,6 +299,7 @@ fn fault_epoch() -> Option<usize> {
 fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Args, data: &Splits<Images>) -> Result<()> {
     let (resume, samples, quiet) = (a.resume, a.samples, a.quiet);
     let snf_run = trainer.flow().self_normalizing().next().is_some();
+    dir.remove_stale_temporaries()?;
     dir.write_metrics(trainer.history())?;
     let first = trainer.next_epoch();
     let total = s.config.epochs;

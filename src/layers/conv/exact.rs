@@ -53,7 +53,7 @@ impl<T: Real> SelfNormConv2d<T> {
     pub fn log_abs_det(&self, ws: &mut ConvWorkspace<T>) -> Result<f64> {
         const OP: &str = "SelfNormConv2d::log_abs_det";
         self.check_ws(OP, ws)?;
-        let ex = ws.ensure_exact();
+        let ex = ws.ensure_exact()?;
         self.ensure_lu_w(ex)?;
         ex.lu_w.log_abs_det()
     }
@@ -67,7 +67,7 @@ impl<T: Real> SelfNormConv2d<T> {
         const OP: &str = "SelfNormConv2d::log_abs_det_grad";
         self.check_ws(OP, ws)?;
         check_shape(OP, (self.w.nrows(), self.w.ncols()), (out.nrows(), out.ncols()))?;
-        let ex = ws.ensure_exact();
+        let ex = ws.ensure_exact()?;
         self.ensure_lu_w(ex)?;
         ex.lu_w.inverse_transpose_into(ex.inv.as_mut())?;
         project_onto_kernel(&self.geom_w, ex.inv.as_ref(), out, T::from_f64(1.0), Accum::Replace)
@@ -86,7 +86,7 @@ impl<T: Real> SelfNormConv2d<T> {
         let mut x = x;
         x.copy_from(z);
         add_channel_bias(x.rb_mut(), self.bias(), self.pixels(), T::from_f64(-1.0));
-        let ex = ws.ensure_exact();
+        let ex = ws.ensure_exact()?;
         self.ensure_lu_w(ex)?;
         ex.lu_w.solve_in_place(x)
     }
@@ -103,7 +103,7 @@ impl<T: Real> SelfNormConv2d<T> {
         let b = ws.check_batch(OP, x)?;
         ConvWorkspace::check_out(OP, &y, self.dim(), b)?;
         let hw = self.pixels();
-        let ex = ws.ensure_exact();
+        let ex = ws.ensure_exact()?;
         ex.g_batch = None;
         self.ensure_lu_r(ex)?;
         let mut v = ex.v.as_mut().subcols_mut(0, b);
@@ -122,7 +122,7 @@ impl<T: Real> SelfNormConv2d<T> {
     /// As [`log_abs_det`](Self::log_abs_det).
     pub fn inverse_log_abs_det(&self, ws: &mut ConvWorkspace<T>) -> Result<f64> {
         self.check_ws("SelfNormConv2d::inverse_log_abs_det", ws)?;
-        let ex = ws.ensure_exact();
+        let ex = ws.ensure_exact()?;
         self.ensure_lu_r(ex)?;
         ex.lu_r.log_abs_det()
     }

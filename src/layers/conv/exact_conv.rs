@@ -48,15 +48,19 @@ pub struct ExactConv2dWorkspace<T: Real> {
 
 impl<T: Real> ExactConv2dWorkspace<T> {
     /// Buffers for `layer`.
-    pub fn new(layer: &ExactConv2d<T>, par: Par) -> Self {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the size when the dense `D x D` matrices cannot
+    /// be allocated.
+    pub fn new(layer: &ExactConv2d<T>, par: Par) -> Result<Self> {
         let d = layer.dim();
-        Self {
+        Ok(Self {
             conv: Conv2d::new(layer.geom, par),
-            dense: Mat::zeros(d, d),
-            inv: Mat::zeros(d, d),
-            lu: Lu::new(d, 1, par),
+            dense: crate::util::try_zeros(d, d)?,
+            inv: crate::util::try_zeros(d, d)?,
+            lu: Lu::new(d, 1, par)?,
             chan: vec![T::from_f64(0.0); layer.geom.in_channels()],
-        }
+        })
     }
 }
 

@@ -97,7 +97,7 @@ impl SelfNormConv2dConfig {
 /// let layer = SelfNormConv2d::<f64>::new(SelfNormConv2dConfig::new(2, [5, 5], 3), &mut rng)?;
 /// let d = layer.dim(); // 2 * 5 * 5
 /// let x = Mat::from_fn(d, 4, |i, j| ((i + 3 * j) % 7) as f64 / 7.0 - 0.5);
-/// let mut ws = ConvWorkspace::new(&layer, 4, Par::Seq).with_exact();
+/// let mut ws = ConvWorkspace::new(&layer, 4, Par::Seq)?.with_exact()?;
 /// let mut z = Mat::zeros(d, 4);
 /// layer.forward(x.as_ref(), z.as_mut(), &mut ws)?;
 /// let dz = Mat::from_fn(d, 4, |i, j| -z[(i, j)]); // standard normal base

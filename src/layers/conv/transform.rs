@@ -63,7 +63,7 @@ impl<T: Real> Transform<T> for SelfNormConv2d<T> {
         conv_output("SelfNormConv2d::output_shape", self.config(), input)
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
-        Workspace::new(ConvWorkspace::new(self, max_batch, par), max_batch, par)
+        Workspace::new(ConvWorkspace::new(self, max_batch, par)?, max_batch, par)
     }
     fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, _logdet: &mut [f64], ws: &mut Workspace<T>) -> Result<Tape> {
         SelfNormConv2d::forward(self, x, y, ws.buffers_mut()?)?;
@@ -111,7 +111,7 @@ impl<T: Real> SelfNormalizing<T> for SelfNormConv2d<T> {
     fn prepare_exact(&self, ws: &mut Workspace<T>) -> Result<()> {
         let cw = ws.buffers_mut::<ConvWorkspace<T>>()?;
         self.check_ws("SelfNormConv2d::prepare_exact", cw)?;
-        cw.ensure_exact();
+        cw.ensure_exact()?;
         Ok(())
     }
     fn inverse_learned(&self, y: MatRef<'_, T>, x: MatMut<'_, T>, ws: &mut Workspace<T>) -> Result<()> {
@@ -145,7 +145,7 @@ impl<T: Real> Transform<T> for ExactConv2d<T> {
         conv_output("ExactConv2d::output_shape", self.config(), input)
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
-        Workspace::new(ExactConv2dWorkspace::new(self, par), max_batch, par)
+        Workspace::new(ExactConv2dWorkspace::new(self, par)?, max_batch, par)
     }
     fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, _logdet: &mut [f64], ws: &mut Workspace<T>) -> Result<Tape> {
         check_width("ExactConv2d::forward", x, ws)?;

@@ -52,7 +52,11 @@ pub(crate) struct ConvExact<T: Real> {
 
 impl<T: Real> ConvWorkspace<T> {
     /// Buffers for `layer`'s self-normalizing path.
-    pub fn new(layer: &SelfNormConv2d<T>, max_batch: usize, par: Par) -> Self {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the size when the
+    /// buffers cannot be allocated.
+    pub fn new(layer: &SelfNormConv2d<T>, max_batch: usize, par: Par) -> crate::Result<Self> {
         let (gw, gr) = (layer.geom_w, layer.geom_r);
         let d = gw.in_len();
         let kw = gw.kernel_shape();
@@ -60,13 +64,14 @@ impl<T: Real> ConvWorkspace<T> {
         let (conv_w, conv_r) = (Conv2d::new(gw, par), Conv2d::new(gr, par));
         let block = conv_w.block().min(conv_r.block());
         let fused = vec![FusedChunk::new(block * gw.out_positions(), gw.in_channels()); conv_w.n_chunks()];
-        Self {
+        let z = || crate::util::try_zeros(d, max_batch);
+        Ok(Self {
             par,
             conv_w,
             conv_r,
-            u: Mat::zeros(d, max_batch),
-            e: Mat::zeros(d, max_batch),
-            t: Mat::zeros(d, max_batch),
+            u: z()?,
+            e: z()?,
+            t: z()?,
             flip_r: Mat::zeros(kr.0, kr.1),
             flip_r_w: Mat::zeros(kw.0, kw.1),
             flip_w: Mat::zeros(kw.0, kw.1),
@@ -76,28 +81,35 @@ impl<T: Real> ConvWorkspace<T> {
             exact: None,
             fused,
             block,
-        }
+        })
     }
 
     /// Also allocate the exact path: two dense `D x D` matrices and two LU workspaces
     /// (about $4D^2$ scalars), so that the exact passes allocate nothing either.
-    pub fn with_exact(mut self) -> Self {
-        self.ensure_exact();
-        self
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the size when the
+    /// dense matrices cannot be allocated (a `D x D` matrix: D = 1024² is 4 TiB in f32).
+    pub fn with_exact(mut self) -> crate::Result<Self> {
+        self.ensure_exact()?;
+        Ok(self)
     }
 
-    pub(crate) fn ensure_exact(&mut self) -> &mut ConvExact<T> {
+    pub(crate) fn ensure_exact(&mut self) -> crate::Result<&mut ConvExact<T>> {
         let (d, max_batch, par) = (self.dim(), self.max_batch(), self.par);
-        self.exact.get_or_insert_with(|| ConvExact {
-            dense: Mat::zeros(d, d),
-            inv: Mat::zeros(d, d),
-            lu_w: Lu::new(d, max_batch, par),
-            lu_r: Lu::new(d, max_batch, par),
-            lu_w_stamp: None,
-            lu_r_stamp: None,
-            v: Mat::zeros(d, max_batch),
-            g_batch: None,
-        })
+        if self.exact.is_none() {
+            self.exact = Some(ConvExact {
+                dense: crate::util::try_zeros(d, d)?,
+                inv: crate::util::try_zeros(d, d)?,
+                lu_w: Lu::new(d, max_batch, par)?,
+                lu_r: Lu::new(d, max_batch, par)?,
+                lu_w_stamp: None,
+                lu_r_stamp: None,
+                v: crate::util::try_zeros(d, max_batch)?,
+                g_batch: None,
+            });
+        }
+        self.exact.as_mut().ok_or(crate::Error::InvalidArgument { op: "ConvWorkspace::ensure_exact", reason: "no exact buffers".into() })
     }
 
     /// The example dimension $D$.

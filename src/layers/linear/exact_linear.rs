@@ -44,8 +44,11 @@ pub struct ExactLinearWorkspace<T: Real> {
 
 impl<T: Real> ExactLinearWorkspace<T> {
     /// Buffers for a `dim x dim` layer and batches up to `max_batch`.
-    pub fn new(dim: usize, max_batch: usize, par: Par) -> Self {
-        Self { lu: Lu::new(dim, max_batch, par), max_batch, par }
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming the size when the LU buffers cannot be allocated.
+    pub fn new(dim: usize, max_batch: usize, par: Par) -> Result<Self> {
+        Ok(Self { lu: Lu::new(dim, max_batch, par)?, max_batch, par })
     }
 }
 
@@ -57,7 +60,11 @@ impl<T: Real> ExactLinear<T> {
     /// # Errors
     /// [`Error::InvalidArgument`] if `dim == 0`.
     pub fn new(dim: usize, bias: bool, rng: &mut impl Rng) -> Result<Self> {
-        let l = super::SelfNormLinear::<T>::new(dim, bias, rng)?;
+        let rename = |e: Error| match e {
+            Error::InvalidArgument { reason, .. } => Error::InvalidArgument { op: "ExactLinear::new", reason },
+            other => other,
+        };
+        let l = super::SelfNormLinear::<T>::new(dim, bias, rng).map_err(rename)?;
         Ok(Self { w: l.w, b: l.b })
     }
 

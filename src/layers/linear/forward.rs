@@ -76,7 +76,7 @@ impl<T: Real> SelfNormLinear<T> {
         let mut x = x;
         x.copy_from(z);
         sub_bias(x.rb_mut(), self.bias());
-        let ex = ws.ensure_exact();
+        let ex = ws.ensure_exact()?;
         ex.lu_w.factor(self.w.as_ref())?;
         ex.lu_w.solve_in_place(x)
     }
@@ -92,7 +92,7 @@ impl<T: Real> SelfNormLinear<T> {
         self.check_ws(OP, ws)?;
         let b = ws.check_batch(OP, x)?;
         LinearWorkspace::check_out(OP, &y, self.dim(), b)?;
-        let ex = ws.ensure_exact();
+        let ex = ws.ensure_exact()?;
         ex.g_batch = None;
         ex.lu_r.factor(self.rt.transpose())?;
         let mut v = ex.v.as_mut().subcols_mut(0, b);

@@ -49,7 +49,7 @@ use crate::real::Real;
 /// let mut rng = snf::init::rng(0);
 /// let layer = SelfNormLinear::<f64>::new(4, true, &mut rng)?;
 /// let x = Mat::from_fn(4, 8, |i, j| (i + 2 * j) as f64 / 10.0);
-/// let mut ws = LinearWorkspace::new(4, 8, Par::Seq);
+/// let mut ws = LinearWorkspace::new(4, 8, Par::Seq)?;
 /// let mut z = Mat::zeros(4, 8);
 /// layer.forward(x.as_ref(), z.as_mut(), &mut ws)?;
 /// // standard normal base: delta_z = -z
@@ -119,6 +119,7 @@ impl<T: Real> SelfNormLinear<T> {
         if dim == 0 {
             return Err(Error::InvalidArgument { op: "SelfNormLinear::new", reason: "dim must be positive".into() });
         }
+        crate::util::check_alloc::<T>("SelfNormLinear::new", dim, dim, 2)?;
         let std = crate::init::xavier_normal_std(dim, dim, 0.01);
         let w = crate::init::identity_plus_noise::<T>(dim, std, rng);
         // R = W^T, stored as R^T = W.

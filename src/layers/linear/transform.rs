@@ -49,7 +49,7 @@ impl<T: Real> Transform<T> for SelfNormLinear<T> {
         flat_output("SelfNormLinear::output_shape", self.dim(), input)
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
-        Workspace::new(LinearWorkspace::<T>::new(self.dim(), max_batch, par), max_batch, par)
+        Workspace::new(LinearWorkspace::<T>::new(self.dim(), max_batch, par)?, max_batch, par)
     }
     fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, _logdet: &mut [f64], ws: &mut Workspace<T>) -> Result<Tape> {
         SelfNormLinear::forward(self, x, y, ws.buffers_mut()?)?;
@@ -95,8 +95,7 @@ impl<T: Real> Transform<T> for SelfNormLinear<T> {
 
 impl<T: Real> SelfNormalizing<T> for SelfNormLinear<T> {
     fn prepare_exact(&self, ws: &mut Workspace<T>) -> Result<()> {
-        ws.buffers_mut::<LinearWorkspace<T>>()?.ensure_exact();
-        Ok(())
+        ws.buffers_mut::<LinearWorkspace<T>>()?.ensure_exact().map(|_| ())
     }
     fn inverse_learned(&self, y: MatRef<'_, T>, x: MatMut<'_, T>, ws: &mut Workspace<T>) -> Result<()> {
         SelfNormLinear::inverse(self, y, x, ws.buffers_mut()?)
@@ -129,7 +128,7 @@ impl<T: Real> Transform<T> for ExactLinear<T> {
         flat_output("ExactLinear::output_shape", self.dim(), input)
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
-        Workspace::new(ExactLinearWorkspace::<T>::new(self.dim(), max_batch, par), max_batch, par)
+        Workspace::new(ExactLinearWorkspace::<T>::new(self.dim(), max_batch, par)?, max_batch, par)
     }
     fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, _logdet: &mut [f64], ws: &mut Workspace<T>) -> Result<Tape> {
         ExactLinear::forward(self, x, y, ws.buffers()?)?;

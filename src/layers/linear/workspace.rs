@@ -33,26 +33,37 @@ pub(crate) struct ExactBuffers<T: Real> {
 
 impl<T: Real> LinearWorkspace<T> {
     /// Buffers for the self-normalizing path of a `dim x dim` layer.
-    pub fn new(dim: usize, max_batch: usize, par: Par) -> Self {
-        Self { par, u: Mat::zeros(dim, max_batch), e: Mat::zeros(dim, max_batch), t: Mat::zeros(dim, max_batch), batch: None, exact: None }
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the size when the
+    /// buffers cannot be allocated (a batch of 2^40 columns, say).
+    pub fn new(dim: usize, max_batch: usize, par: Par) -> Result<Self> {
+        let z = || crate::util::try_zeros(dim, max_batch);
+        Ok(Self { par, u: z()?, e: z()?, t: z()?, batch: None, exact: None })
     }
 
     /// Also allocate the exact path's buffers (two LU workspaces, `R^{-1}x`), so that
     /// [`backward_exact`](super::SelfNormLinear::backward_exact) and the exact inverses
     /// allocate nothing either.
-    pub fn with_exact(mut self) -> Self {
-        self.ensure_exact();
-        self
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_exact(mut self) -> Result<Self> {
+        self.ensure_exact()?;
+        Ok(self)
     }
 
-    pub(crate) fn ensure_exact(&mut self) -> &mut ExactBuffers<T> {
+    pub(crate) fn ensure_exact(&mut self) -> Result<&mut ExactBuffers<T>> {
         let (dim, max_batch, par) = (self.dim(), self.max_batch(), self.par);
-        self.exact.get_or_insert_with(|| ExactBuffers {
-            lu_w: Lu::new(dim, max_batch, par),
-            lu_r: Lu::new(dim, max_batch, par),
-            v: Mat::zeros(dim, max_batch),
-            g_batch: None,
-        })
+        if self.exact.is_none() {
+            self.exact = Some(ExactBuffers {
+                lu_w: Lu::new(dim, max_batch, par)?,
+                lu_r: Lu::new(dim, max_batch, par)?,
+                v: crate::util::try_zeros(dim, max_batch)?,
+                g_batch: None,
+            });
+        }
+        self.exact.as_mut().ok_or(crate::Error::InvalidArgument { op: "LinearWorkspace::ensure_exact", reason: "no exact buffers".into() })
     }
 
     /// The layer dimension this workspace serves.
