@@ -71,7 +71,7 @@ fn header_span(bytes: &[u8]) -> (usize, usize) {
 fn with_header(bytes: &[u8], header: &str) -> Vec<u8> {
     let (start, end) = header_span(bytes);
     let mut h = header.as_bytes().to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

@@ -127,7 +127,7 @@ impl Conv2dGeometry {
                 return Err(invalid(OP, format!("{name} must be positive")));
             }
         }
-        if s.in_channels % s.groups != 0 || s.out_channels % s.groups != 0 {
+        if !s.in_channels.is_multiple_of(s.groups) || !s.out_channels.is_multiple_of(s.groups) {
             return Err(invalid(OP, format!("channels ({} in, {} out) must be divisible by groups ({})", s.in_channels, s.out_channels, s.groups)));
         }
         let mut out = [0; 2];

@@ -37,7 +37,7 @@ fn batches_dir(dir: &Path) -> PathBuf {
 /// [`DataError::WrongLength`] for a size that is not a whole number of records,
 /// [`DataError::Inconsistent`] for a label above 9.
 pub fn parse_batch(bytes: &[u8], path: &str) -> Result<Images, DataError> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         let n = (bytes.len() / RECORD).max(1) as u64;
         return Err(DataError::WrongLength { path: path.to_string(), expected: n * RECORD as u64, got: bytes.len() as u64 });
     }

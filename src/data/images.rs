@@ -25,7 +25,7 @@ impl Images {
     pub fn new(shape: Shape, images: Vec<u8>, labels: Vec<u8>) -> Result<Self> {
         const OP: &str = "Images::new";
         let d = shape.checked_dim()?;
-        if images.len() % d != 0 {
+        if !images.len().is_multiple_of(d) {
             return Err(Error::InvalidArgument { op: OP, reason: format!("{} bytes is not a whole number of {shape} images", images.len()) });
         }
         if !labels.is_empty() && labels.len() != images.len() / d {

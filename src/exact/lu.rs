@@ -139,7 +139,7 @@ impl<T: Real> Lu<T> {
     /// [`Error::InvalidArgument`] if nothing has been factored yet.
     pub fn sign(&self) -> Result<f64> {
         self.ensure_factored("exact::Lu::sign")?;
-        let mut s = if self.transpositions % 2 == 0 { 1.0 } else { -1.0 };
+        let mut s = if self.transpositions.is_multiple_of(2) { 1.0 } else { -1.0 };
         for i in 0..self.dim() {
             if self.lu[(i, i)].as_f64() < 0.0 {
                 s = -s;

@@ -59,7 +59,7 @@ pub fn fc_two_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &mut
 /// constructors' checks.
 pub fn conv_nine_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &mut R) -> Result<Flow<T>> {
     shape.checked_dim()?;
-    if shape.h % 4 != 0 || shape.w % 4 != 0 {
+    if !shape.h.is_multiple_of(4) || !shape.w.is_multiple_of(4) {
         return Err(Error::InvalidArgument { op: "conv_nine_layer", reason: format!("image sides must be divisible by 4 (two squeezes), got {shape}") });
     }
     let mut layers: Vec<Box<dyn Transform<T>>> = vec![Box::new(Preprocess::new(PREPROCESS_ALPHA)?)];

@@ -24,7 +24,7 @@ impl Squeeze {
     /// [`Error::InvalidArgument`] for odd or zero sizes.
     pub fn new(channels: usize, height: usize, width: usize) -> Result<Self> {
         let size = channels.checked_mul(height).and_then(|v| v.checked_mul(width));
-        if size.is_none() || channels == 0 || height == 0 || width == 0 || height % 2 != 0 || width % 2 != 0 {
+        if size.is_none() || channels == 0 || height == 0 || width == 0 || !height.is_multiple_of(2) || !width.is_multiple_of(2) {
             return Err(Error::InvalidArgument {
                 op: "Squeeze::new",
                 reason: format!("needs positive channels and even height and width, got {channels}x{height}x{width}"),
