@@ -1,15 +1,24 @@
-//! The IDX reader on arbitrary bytes, raw or gzip: a parsed array or a typed error,
-//! never a panic, and a parsed array's payload always matches its dimensions.
+//! The IDX reader on arbitrary bytes, raw or gzip (whole-file inflation and the
+//! header-first reader that refuses oversized payloads before inflating them): a parsed
+//! array or a typed error, never a panic, and a parsed array's payload always matches its
+//! dimensions; both readers agree whenever both succeed.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use snf::data::idx::{decode_maybe_gz, parse_idx};
+use snf::data::idx::{decode_idx_checked, decode_maybe_gz, parse_idx};
 
 fuzz_target!(|data: &[u8]| {
+    let mut whole = None;
     for bytes in [Some(data.to_vec()), decode_maybe_gz(data.to_vec(), "fuzz").ok()].into_iter().flatten() {
         if let Ok(a) = parse_idx(&bytes, "fuzz") {
             let n: usize = a.dims.iter().product();
             assert_eq!(n, a.data.len(), "payload length matches the dimensions");
+            whole = Some(a);
         }
+    }
+    if let Ok(a) = decode_idx_checked(data, "fuzz") {
+        let n: usize = a.dims.iter().product();
+        assert_eq!(n, a.data.len(), "payload length matches the dimensions");
+        assert_eq!(Some(&a), whole.as_ref(), "the header-first reader agrees with the whole-file one");
     }
 });

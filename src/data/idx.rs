@@ -75,11 +75,19 @@ fn payload_size(dims: &[usize], path: &str) -> Result<u64, DataError> {
 pub fn read_idx_checked(path: &Path) -> Result<IdxArray, DataError> {
     let name = path.display().to_string();
     let raw = std::fs::read(path).map_err(|e| DataError::Io { path: name.clone(), reason: e.to_string() })?;
+    decode_idx_checked(&raw, &name)
+}
+
+/// [`read_idx_checked`] on bytes already read (`path` only labels errors).
+///
+/// # Errors
+/// As [`read_idx_checked`].
+pub fn decode_idx_checked(raw: &[u8], path: &str) -> Result<IdxArray, DataError> {
     if !raw.starts_with(&[0x1f, 0x8b]) {
-        return parse_idx(&raw, &name);
+        return parse_idx(raw, path);
     }
-    let io = |e: std::io::Error| DataError::Io { path: name.clone(), reason: e.to_string() };
-    let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]);
+    let io = |e: std::io::Error| DataError::Io { path: path.to_string(), reason: e.to_string() };
+    let mut dec = flate2::read::MultiGzDecoder::new(raw);
     let mut head = [0u8; 4];
     dec.read_exact(&mut head).map_err(io)?;
     let nd = head[3] as usize;
@@ -89,11 +97,11 @@ pub fn read_idx_checked(path: &Path) -> Result<IdxArray, DataError> {
     bytes.extend_from_slice(&dims);
     let declared: Vec<usize> = dims.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     if head[..2] == [0, 0] && head[2] == 0x08 && nd > 0 {
-        let n = payload_size(&declared, &name)?;
+        let n = payload_size(&declared, path)?;
         // at most one byte more than declared: a longer payload is a length error anyway
         dec.take(n + 1).read_to_end(&mut bytes).map_err(io)?;
     }
-    parse_idx(&bytes, &name)
+    parse_idx(&bytes, path)
 }
 
 /// Read a whole file, transparently decompressing gzip (detected by its magic bytes,
