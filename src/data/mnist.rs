@@ -1,6 +1,6 @@
 //! MNIST: the four IDX files, checked against their SHA-256 list, split as in the paper
 //! (first 50 000 training images for training, the last 10 000 for validation, the
-//! 10 000 test images for testing). A thin layer over [`load_idx`](super::idx_set::load_idx)
+//! 10 000 test images for testing). A thin layer over [`super::idx_set::load_idx`]
 //! that also checks MNIST's definition (28x28 images, labels 0–9).
 
 use std::path::{Path, PathBuf};

@@ -29,7 +29,11 @@ use crate::shape::{shape_error, Shape};
 use crate::transform::{BlocksMut, Grads, Param, Tape, Transform, Workspace};
 
 /// Split off half the channels of a `C x H x W` input (`C >= 2`) under a learned
-/// conditional Gaussian prior (see the [module docs](self)).
+/// conditional Gaussian prior $p(x_2\mid x_1) = \mathcal N(\mu, \mathrm{diag}\,e^{2s})$,
+/// $(\mu, s) = \mathrm{conv}_{3\times3}(x_1) + c$, zero-initialised (Glow): the transform
+/// keeps $y_1 = x_1$ (the output shape) and standardises $y_2 = (x_2 - \mu)\odot e^{-s}$
+/// (final rows, log-det $-\sum s$), so the flow's standard normal base on $y_2$ gives
+/// exactly $\log p(x_2\mid x_1)$. Backward: `proofs/split.md`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split<T: Real> {
     shape: Shape,
