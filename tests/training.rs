@@ -160,3 +160,32 @@ fn non_finite_steps_are_skipped_and_counted() {
     assert_eq!(back.skipped_steps, r.skipped_steps);
     assert!(!back.val_nll.is_finite());
 }
+
+/// When training fails because the parameters left the range where the flow is valid, the
+/// error names the learning rate: the divergence guard of a self-normalizing model driven
+/// by a huge learning rate, and an exact layer whose matrix became singular (as a step
+/// that is far too large leaves it) — instead of only "increase lambda" or an LU message.
+#[test]
+fn a_huge_learning_rate_is_named_in_the_error() {
+    use snf::flow::models::Gradient;
+    use snf::layers::linear::ExactLinear;
+    let data = snf::data::Tensor::flat(faer::Mat::from_fn(8, 400, |i, j| ((i * 37 + j * 11) % 240) as f64 + 8.0)).unwrap();
+    let cfg = |lr: f64| TrainConfig {
+        epochs: 3,
+        batch: 20,
+        adam: AdamConfig { lr, ..Default::default() },
+        warmup_epochs: 0.0,
+        angle_batches: 0,
+        max_reconstruction_error: 1e3,
+        ..Default::default()
+    };
+    // self-normalizing, lr 1e6: the reconstruction error explodes within the first epoch
+    let flow = fc_two_layer::<f64, _>(snf::Shape::flat(8), Gradient::SelfNormalizing, &mut snf::init::rng(9)).unwrap();
+    let e = Trainer::new(flow, cfg(1e6), Par::Seq).unwrap().epoch(&data, &data).unwrap_err().to_string();
+    assert!(e.contains("diverged") && e.contains("learning rate"), "{e}");
+    // an exact layer whose matrix is singular (rank 1)
+    let mut flow = fc_two_layer::<f64, _>(snf::Shape::flat(8), Gradient::Exact, &mut snf::init::rng(9)).unwrap();
+    flow.layers_mut()[1] = Box::new(ExactLinear::from_parts(faer::Mat::from_fn(8, 8, |_, _| 1.0), None).unwrap());
+    let e = Trainer::new(flow, cfg(1e-3), Par::Seq).unwrap().epoch(&data, &data).unwrap_err().to_string();
+    assert!(e.contains("learning rate") && e.contains("singular"), "{e}");
+}
