@@ -7,18 +7,25 @@
 use libfuzzer_sys::fuzz_target;
 use snf::data::idx::{decode_idx_checked, decode_maybe_gz, parse_idx};
 
+/// The element count the dimensions declare, without overflow (a zero dimension after
+/// huge ones is a valid, empty array).
+fn count(dims: &[usize]) -> u128 {
+    if dims.contains(&0) {
+        return 0;
+    }
+    dims.iter().try_fold(1u128, |acc, &d| acc.checked_mul(d as u128)).unwrap_or(u128::MAX)
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut whole = None;
     for bytes in [Some(data.to_vec()), decode_maybe_gz(data.to_vec(), "fuzz").ok()].into_iter().flatten() {
         if let Ok(a) = parse_idx(&bytes, "fuzz") {
-            let n: usize = a.dims.iter().product();
-            assert_eq!(n, a.data.len(), "payload length matches the dimensions");
+            assert_eq!(count(&a.dims), a.data.len() as u128, "payload length matches the dimensions");
             whole = Some(a);
         }
     }
     if let Ok(a) = decode_idx_checked(data, "fuzz") {
-        let n: usize = a.dims.iter().product();
-        assert_eq!(n, a.data.len(), "payload length matches the dimensions");
+        assert_eq!(count(&a.dims), a.data.len() as u128, "payload length matches the dimensions");
         assert_eq!(Some(&a), whole.as_ref(), "the header-first reader agrees with the whole-file one");
     }
 });

@@ -56,7 +56,7 @@ pub fn parse_idx(bytes: &[u8], path: &str) -> Result<IdxArray, DataError> {
 
 /// The payload size the dimensions declare, or an error naming it and the limit.
 fn payload_size(dims: &[usize], path: &str) -> Result<u64, DataError> {
-    let n = dims.iter().try_fold(1u128, |acc, &d| acc.checked_mul(d as u128)).unwrap_or(u128::MAX);
+    let n = if dims.contains(&0) { 0 } else { dims.iter().try_fold(1u128, |acc, &d| acc.checked_mul(d as u128)).unwrap_or(u128::MAX) };
     if n > MAX_BYTES as u128 {
         return Err(DataError::BadHeader {
             path: path.to_string(),
