@@ -519,29 +519,15 @@ impl<T: Real> Flow<T> {
                     )?;
                 }
                 None => {
-                    let scratch = gc.scratch.as_mut().subrows_mut(0, d).subcols_mut(0, b);
+                    // its f-chain tape was replaced by the g-chain forward: forward again on
+                    // each chain (monitoring only) and backward right after
                     ws.tapes[k] = None;
-                    let t = layer.forward(xf, scratch, scratch_ld, lw)?;
-                    layer.backward(
-                        t,
-                        xf,
-                        fin.as_ref().subrows(0, d).subcols(0, b),
-                        fout.as_mut().subrows_mut(0, d).subcols_mut(0, b),
-                        &mut grads.layers[k],
-                        lw,
-                        lambda,
-                    )?;
                     let scratch = gc.scratch.as_mut().subrows_mut(0, d).subcols_mut(0, b);
-                    let t = layer.forward(xg, scratch, scratch_ld, lw)?;
-                    layer.backward(
-                        t,
-                        xg,
-                        gin.as_ref().subrows(0, d).subcols(0, b),
-                        gout.as_mut().subrows_mut(0, d).subcols_mut(0, b),
-                        &mut gc.grads[k],
-                        lw,
-                        lambda,
-                    )?;
+                    let fout = fout.as_mut().subrows_mut(0, d).subcols_mut(0, b);
+                    forward_backward(&**layer, xf, fin.as_ref().subrows(0, d).subcols(0, b), fout, scratch, scratch_ld, &mut grads.layers[k], lw, lambda)?;
+                    let scratch = gc.scratch.as_mut().subrows_mut(0, d).subcols_mut(0, b);
+                    let gout = gout.as_mut().subrows_mut(0, d).subcols_mut(0, b);
+                    forward_backward(&**layer, xg, gin.as_ref().subrows(0, d).subcols(0, b), gout, scratch, scratch_ld, &mut gc.grads[k], lw, lambda)?;
                     for (mut a, bb) in grads.layers[k].blocks_mut().into_iter().zip(gc.grads[k].blocks()) {
                         faer::zip!(a.rb_mut(), bb).for_each(|faer::unzip!(a, b)| *a = (*a + *b) * half);
                     }
@@ -639,4 +625,22 @@ impl<T: Real> Flow<T> {
         self.base.sample(rng, z.as_mut())?;
         self.inverse(z.as_ref(), out, ws, how)
     }
+}
+
+/// A forward pass of `layer` on `x` (output into `scratch`) and the backward pass of its
+/// tape: how the exact sweep reaches a transform whose workspace the other chain used.
+#[allow(clippy::too_many_arguments)]
+fn forward_backward<T: Real>(
+    layer: &dyn Transform<T>,
+    x: MatRef<'_, T>,
+    dy: MatRef<'_, T>,
+    dx: MatMut<'_, T>,
+    scratch: MatMut<'_, T>,
+    logdet: &mut [f64],
+    grads: &mut Grads<T>,
+    ws: &mut Workspace<T>,
+    lambda: T,
+) -> Result<f64> {
+    let tape = layer.forward(x, scratch, logdet, ws)?;
+    layer.backward(tape, x, dy, dx, grads, ws, lambda)
 }
