@@ -34,7 +34,11 @@ fn idx_round_trips_and_rejects_malformed_files() {
     let mut long = data.clone();
     long.push(0);
     assert!(length(parse_idx(&idx_bytes(&[2, 3, 4], &long), "t")), "trailing bytes");
-    assert!(length(parse_idx(&idx_bytes(&[u32::MAX, u32::MAX, u32::MAX], &[]), "t")), "absurd dimensions");
+    // absurd dimensions: a header error giving the size they declare and the limit
+    match parse_idx(&idx_bytes(&[u32::MAX, u32::MAX, u32::MAX], &[]), "t") {
+        Err(DataError::BadHeader { reason, .. }) => assert!(reason.contains("79228162458924105385300197375") && reason.contains("limit"), "{reason}"),
+        other => panic!("absurd dimensions: {other:?}"),
+    }
     // a corrupt gzip stream is an I/O error, not a panic
     let mut gz = gzip(&idx_bytes(&[2, 3, 4], &data));
     let n = gz.len();

@@ -24,7 +24,7 @@ use crate::util::all_finite;
 /// ```
 /// use snf::exact::Lu;
 /// let a = faer::mat![[2.0, 1.0], [1.0, 3.0]];
-/// let mut lu = Lu::<f64>::new(2, 1, faer::Par::Seq);
+/// let mut lu = Lu::<f64>::new(2, 1, faer::Par::Seq)?;
 /// lu.factor(a.as_ref())?;
 /// assert!((lu.log_abs_det()? - 5f64.ln()).abs() < 1e-14);
 /// # Ok::<(), snf::Error>(())
