@@ -112,9 +112,8 @@ impl<T: Real> Transform<T> for SplineActivation<T> {
         Grads::new(SplineActivation::zero_grads(self))
     }
     fn spec(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self.config()).unwrap_or(serde_json::Value::Null);
+        let mut v = crate::transform::spec_with_kind("spline", self.config());
         if let Some(m) = v.as_object_mut() {
-            m.insert("kind".into(), "spline".into());
             m.insert("dim".into(), self.dim().into());
         }
         v

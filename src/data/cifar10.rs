@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::checksum::{parse_sums, verify};
+use super::checksum::verify;
 use super::dataset::Splits;
 use super::idx_set::Checksums;
 use super::images::Images;
@@ -64,15 +64,7 @@ pub fn parse_batch(bytes: &[u8], path: &str) -> Result<Images, DataError> {
 /// mis-checksummed file, or a validation split not smaller than the training set.
 pub fn load_cifar10(dir: &Path, validation: usize, checksums: Checksums) -> Result<Splits<Images>> {
     let dir = batches_dir(dir);
-    let sums_path = dir.join("SHA256SUMS");
-    let sums = match checksums {
-        Checksums::Skip => None,
-        Checksums::IfPresent if !sums_path.is_file() => None,
-        _ => {
-            let text = std::fs::read_to_string(&sums_path).map_err(|e| DataError::Io { path: sums_path.display().to_string(), reason: e.to_string() })?;
-            Some(parse_sums(&text, &sums_path.display().to_string())?)
-        }
-    };
+    let sums = super::idx_set::checksum_list(&dir, checksums)?;
     let read = |name: &str| -> Result<Images> {
         let path = dir.join(name);
         let bytes = std::fs::read(&path).map_err(|e| DataError::Io {

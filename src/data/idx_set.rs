@@ -58,15 +58,10 @@ fn find(dir: &Path, name: &str) -> Option<(PathBuf, String)> {
     raw.is_file().then(|| (raw, name.to_string()))
 }
 
-/// Load train/validation/test splits from `dir` (see the module docs).
-///
-/// # Errors
-/// [`Error::Data`](crate::Error::Data): a missing image file (the message lists the
-/// names looked for), a bad checksum, a malformed IDX file, images and labels that
-/// disagree, or a validation size not smaller than the training set.
-pub fn load_idx(dir: &Path, opts: IdxOptions) -> Result<Splits<Images>> {
+/// The `SHA256SUMS` list of `dir` as `policy` says: `None` to load unchecked.
+pub(crate) fn checksum_list(dir: &Path, policy: Checksums) -> Result<Option<Vec<(String, String)>>> {
     let sums_path = dir.join("SHA256SUMS");
-    let sums = match opts.checksums {
+    Ok(match policy {
         Checksums::Skip => None,
         Checksums::IfPresent if !sums_path.is_file() => None,
         _ => {
@@ -76,7 +71,17 @@ pub fn load_idx(dir: &Path, opts: IdxOptions) -> Result<Splits<Images>> {
             })?;
             Some(parse_sums(&text, &sums_path.display().to_string())?)
         }
-    };
+    })
+}
+
+/// Load train/validation/test splits from `dir` (see the module docs).
+///
+/// # Errors
+/// [`Error::Data`](crate::Error::Data): a missing image file (the message lists the
+/// names looked for), a bad checksum, a malformed IDX file, images and labels that
+/// disagree, or a validation size not smaller than the training set.
+pub fn load_idx(dir: &Path, opts: IdxOptions) -> Result<Splits<Images>> {
+    let sums = checksum_list(dir, opts.checksums)?;
     let read = |name: &str, required: bool| -> Result<Option<(IdxArray, String)>> {
         let Some((path, file_name)) = find(dir, name) else {
             if required {

@@ -110,12 +110,9 @@ impl<T: Real> Split<T> {
     }
 
     fn check(&self, op: &'static str, x: MatRef<'_, T>, other: (usize, usize), ws: &Workspace<T>) -> Result<usize> {
-        let (d, b) = (self.shape.dim(), x.ncols());
-        check_shape(op, (d, b), (x.nrows(), b))?;
+        let d = self.shape.dim();
+        let b = crate::layers::check_batch(op, x, d, ws.max_batch())?;
         check_shape(op, (d, b), other)?;
-        if b == 0 || b > ws.max_batch() {
-            return Err(Error::InvalidArgument { op, reason: format!("batch of {b} columns; this workspace holds 1..={}", ws.max_batch()) });
-        }
         Ok(b)
     }
 }

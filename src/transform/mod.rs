@@ -157,6 +157,16 @@ pub trait Transform<T: Real>: CloneTransform<T> + std::any::Any + Send + Sync + 
     }
 }
 
+/// `config` serialised as a JSON object with a `"kind"` field added: a
+/// [`Transform::spec`] for a transform whose configuration is `Serialize`.
+pub fn spec_with_kind(kind: &str, config: &impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        m.insert("kind".into(), kind.into());
+    }
+    v
+}
+
 impl<T: Real> Clone for Box<dyn Transform<T>> {
     fn clone(&self) -> Self {
         self.clone_box()

@@ -3,7 +3,7 @@
 use faer::{MatMut, MatRef, Par};
 
 use super::{Conv2dGrads, ConvWorkspace, ExactConv2d, ExactConv2dGrads, ExactConv2dWorkspace, SelfNormConv2d, SelfNormConv2dConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::real::Real;
 use crate::shape::{shape_error, Shape};
 use crate::transform::{Blocks, BlocksMut, GradBlocks, Grads, Param, SelfNormalizing, Tape, Transform, Workspace};
@@ -48,11 +48,7 @@ fn conv_output(op: &'static str, config: &SelfNormConv2dConfig, input: Shape) ->
 }
 
 fn spec_of(kind: &str, config: &SelfNormConv2dConfig) -> serde_json::Value {
-    let mut v = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
-    if let Some(m) = v.as_object_mut() {
-        m.insert("kind".into(), kind.into());
-    }
-    v
+    crate::transform::spec_with_kind(kind, config)
 }
 
 impl<T: Real> Transform<T> for SelfNormConv2d<T> {
@@ -148,7 +144,7 @@ impl<T: Real> Transform<T> for ExactConv2d<T> {
         Workspace::new(ExactConv2dWorkspace::new(self, par)?, max_batch, par)
     }
     fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, _logdet: &mut [f64], ws: &mut Workspace<T>) -> Result<Tape> {
-        check_width("ExactConv2d::forward", x, ws)?;
+        crate::layers::check_batch("ExactConv2d::forward", x, self.dim(), ws.max_batch())?;
         ExactConv2d::forward(self, x, y, ws.buffers_mut()?)?;
         Ok(ws.record(x))
     }
@@ -185,13 +181,4 @@ impl<T: Real> Transform<T> for ExactConv2d<T> {
     fn spec(&self) -> serde_json::Value {
         spec_of("exact-conv", self.config())
     }
-}
-
-/// A batch wider than the workspace is an error (the exact convolution sizes its buffers
-/// per call, so only the workspace's stated capacity bounds it).
-fn check_width<T: Real>(op: &'static str, x: MatRef<'_, T>, ws: &Workspace<T>) -> Result<()> {
-    if x.ncols() == 0 || x.ncols() > ws.max_batch() {
-        return Err(Error::InvalidArgument { op, reason: format!("batch of {} columns; this workspace holds 1..={}", x.ncols(), ws.max_batch()) });
-    }
-    Ok(())
 }
