@@ -1,64 +1,84 @@
-//! One training step of the paper's FC 2-layer MNIST model (batch 100, f32, both cores):
-//! self-normalizing vs its exact twin, next to the GEMMs the self-normalizing step
-//! performs (12 products of 784 x 784 by 784 x 100: one forward and five backward per
-//! linear layer), timed in the same run.
+//! One training step of the paper's two MNIST models (batch 100, f32, both cores):
+//! forward + loss (with the reconstruction term) + backward + Adam, self-normalizing vs
+//! its exact twin, timed in the same run.
 //!
-//! Run: `cargo bench --bench model_step`.
+//! - `fc2_step_f32`: the FC 2-layer model, its step split into the gradient sweep and
+//!   Adam, next to the GEMMs the self-normalizing step performs (12 products of
+//!   784 x 784 by 784 x 100: one forward and five backward per linear layer), and the
+//!   model's evaluation (`Flow::log_prob` with the cached log-det).
+//! - `conv9_step_f32`: the Conv 9-layer model (nine 3x3 convolutions, eight spline
+//!   activations, two squeezes), and its evaluation.
+//!
+//! Run: `cargo bench --bench model_step` (`SNF_BENCH_MODELS=conv` or `fc` for one group).
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
-use snf::flow::models::fc_two_layer;
+use snf::flow::models::{conv_nine_layer, fc_two_layer, Gradient};
+use snf::flow::Flow;
 use snf::optim::{Adam, AdamConfig};
 use std::time::Duration;
 
 const B: usize = 100;
 const D: usize = 784;
 
-fn fc_step(c: &mut Criterion) {
-    let mut group = c.benchmark_group("fc2_step_f32");
-    group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
-    let x = Mat::<f32>::from_fn(D, B, |i, j| ((i * 7 + j * 13) % 256) as f32 + 0.5);
-    for (name, snf_model) in [("snf", true), ("exact", false)] {
-        let mut flow = fc_two_layer::<f32, _>(
-            snf::data::mnist::SHAPE,
-            if snf_model { snf::flow::models::Gradient::SelfNormalizing } else { snf::flow::models::Gradient::Exact },
-            &mut snf::init::rng(0),
-        )
-        .unwrap();
-        let mut ws = flow.workspace(B, Par::rayon(0)).unwrap();
-        let mut grads = flow.zero_grads();
-        let mut adams: Vec<Adam<f32>> = grads
-            .layers
-            .iter()
-            .map(|g| Adam::new(AdamConfig::default(), g.blocks().into_iter().map(|b| (b.nrows(), b.ncols()))).unwrap().with_par(Par::rayon(0)))
-            .collect();
-        group.bench_function(name, |bch| {
+/// A deterministic batch of "pixels" in [0.5, 255.5].
+fn pixels() -> Mat<f32> {
+    Mat::<f32>::from_fn(D, B, |i, j| ((i * 7 + j * 13) % 256) as f32 + 0.5)
+}
+
+/// Bench one training step of `flow` (and, with `parts`, its gradient sweep and Adam
+/// alone), plus its evaluation.
+fn bench_flow(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, mut flow: Flow<f32>, parts: bool) {
+    let x = pixels();
+    let mut ws = flow.workspace(B, Par::rayon(0)).unwrap();
+    let mut grads = flow.zero_grads();
+    let mut adams: Vec<Adam<f32>> =
+        grads.layers.iter().map(|g| Adam::new(AdamConfig::default(), g.blocks().into_iter().map(|b| (b.nrows(), b.ncols()))).unwrap()).collect();
+    group.bench_function(name, |bch| {
+        bch.iter(|| {
+            flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap();
+            assert!(grads.all_finite());
+            for ((l, g), a) in flow.layers_mut().iter_mut().zip(&grads.layers).zip(&mut adams) {
+                a.step(l.params_mut().into_iter().zip(g.blocks())).unwrap();
+            }
+        })
+    });
+    if parts {
+        group.bench_function(format!("{name}_gradients_only"), |bch| bch.iter(|| flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap()));
+        group.bench_function(format!("{name}_adam_only"), |bch| {
             bch.iter(|| {
-                flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap();
-                assert!(grads.all_finite());
                 for ((l, g), a) in flow.layers_mut().iter_mut().zip(&grads.layers).zip(&mut adams) {
                     a.step(l.params_mut().into_iter().zip(g.blocks())).unwrap();
                 }
             })
         });
-        if snf_model {
-            // the step's parts, same run: forward + backward sweep alone, Adam alone
-            group.bench_function("snf_gradients_only", |bch| bch.iter(|| flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap()));
-            group.bench_function("snf_adam_only", |bch| {
-                bch.iter(|| {
-                    for ((l, g), a) in flow.layers_mut().iter_mut().zip(&grads.layers).zip(&mut adams) {
-                        a.step(l.params_mut().into_iter().zip(g.blocks())).unwrap();
-                    }
-                })
-            });
-        }
     }
-    // the 12 products of the SNF step, with faer's own parallel GEMM
+    // evaluation with the data-independent log-det cached (computed once here)
+    let mut lp = vec![0.0; B];
+    flow.log_prob(x.as_ref(), &mut ws, &mut lp).unwrap();
+    group.bench_function(format!("{name}_eval"), |bch| bch.iter(|| flow.log_prob(x.as_ref(), &mut ws, &mut lp).unwrap()));
+}
+
+fn selected(model: &str) -> bool {
+    std::env::var("SNF_BENCH_MODELS").map(|v| v.split(',').any(|m| m == model)).unwrap_or(true)
+}
+
+fn fc_step(c: &mut Criterion) {
+    if !selected("fc") {
+        return;
+    }
+    let mut group = c.benchmark_group("fc2_step_f32");
+    group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
+    for (name, gradient) in [("snf", Gradient::SelfNormalizing), ("exact", Gradient::Exact)] {
+        let flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, gradient, &mut snf::init::rng(0)).unwrap();
+        bench_flow(&mut group, name, flow, gradient == Gradient::SelfNormalizing);
+    }
     // The twelve products of the SNF step, with the step's own shapes, operand layouts
-    // (transposed views where the step uses them) and accumulation modes: per layer
-    // u = W x, e += R u (R = (R^T)^T, a transposed view), dx = W^T dz, t += R^T e,
-    // gW += t x^T, gR^T += u s^T.
+    // (transposed views where the step uses them) and accumulation modes, with faer's own
+    // parallel GEMM: per layer u = W x, e += R u (R = (R^T)^T, a transposed view),
+    // dx = W^T dz, t += R^T e, gW += t x^T, gR^T += u s^T.
+    let x = pixels();
     let w = Mat::<f32>::from_fn(D, D, |i, j| ((i + 2 * j) % 7) as f32 / 7.0);
     let rt = Mat::<f32>::from_fn(D, D, |i, j| ((2 * i + j) % 5) as f32 / 5.0);
     let (mut u, mut e, mut dx, mut t) = (Mat::<f32>::zeros(D, B), Mat::<f32>::zeros(D, B), Mat::<f32>::zeros(D, B), Mat::<f32>::zeros(D, B));
@@ -79,5 +99,18 @@ fn fc_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fc_step);
+fn conv_step(c: &mut Criterion) {
+    if !selected("conv") {
+        return;
+    }
+    let mut group = c.benchmark_group("conv9_step_f32");
+    group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(5));
+    for (name, gradient) in [("snf", Gradient::SelfNormalizing), ("exact", Gradient::Exact)] {
+        let flow = conv_nine_layer::<f32, _>(snf::data::mnist::SHAPE, gradient, &mut snf::init::rng(0)).unwrap();
+        bench_flow(&mut group, name, flow, gradient == Gradient::SelfNormalizing);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fc_step, conv_step);
 criterion_main!(benches);

@@ -78,7 +78,8 @@ fn expf_poly(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
     // round to nearest by the 1.5 * 2^23 trick (`round` is a libm call without SSE4.1)
     const MAGIC: f32 = 12_582_912.0;
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
@@ -89,8 +90,11 @@ fn expf_poly(x: f32) -> f32 {
     let e = (p * r) * r + r + 1.0;
     // 2^n by building exponent fields; n is in [-126, 128] after the clamp, split as
     // 2^h 2^(n-h) with h = n/2 so that both factors are normal numbers
-    let n = n as i32;
-    let h = n / 2;
+    // the integer n sits in the low mantissa bits of `shifted` (1.5 * 2^23 + n): read it
+    // from the bits instead of a float-to-int cast, whose saturating semantics block
+    // vectorisation
+    let n = shifted.to_bits() as i32 - MAGIC.to_bits() as i32;
+    let h = n >> 1;
     let s1 = f32::from_bits(((h + 127) as u32) << 23);
     let s2 = f32::from_bits(((n - h + 127) as u32) << 23);
     e * s1 * s2

@@ -155,3 +155,79 @@ fn parallel_equals_sequential() {
         assert!((u - v).abs() < 1e-12);
     }
 }
+
+/// The batch gradient, whose per-bin partials are summed over the batch and mapped
+/// through the softmax once per entry, equals the mean of single-example gradients (each
+/// a batch of one), for a batch whose examples share bins. f64; the two differ only by
+/// the order of summation, so 1e-12 relative to the largest gradient is ~1e4 ulp of slack.
+#[test]
+fn batch_gradient_is_the_mean_of_single_example_gradients() {
+    let (d, b) = (4, 40);
+    let f = random_spline(d, 0.7, 41);
+    let x = gaussian(d, b, 4.0, &mut rng(42));
+    let g = gaussian(d, b, 1.0, &mut rng(43));
+    let mut dx = Mat::zeros(d, b);
+    let mut batch = f.zero_grads();
+    f.backward(x.as_ref(), g.as_ref(), dx.as_mut(), &mut batch, Par::Seq).unwrap();
+    let mut mean = f.zero_grads();
+    for j in 0..b {
+        let mut one = f.zero_grads();
+        let mut dxj = Mat::zeros(d, 1);
+        f.backward(x.subcols(j, 1), g.subcols(j, 1), dxj.as_mut(), &mut one, Par::Seq).unwrap();
+        for i in 0..d {
+            assert_eq!(dxj[(i, 0)], dx[(i, j)], "the input delta is per element");
+        }
+        for (m, o) in [(&mut mean.w, &one.w), (&mut mean.h, &one.h), (&mut mean.d, &one.d)] {
+            *m += o * (1.0 / b as f64);
+        }
+    }
+    for (a, m) in [(&batch.w, &mean.w), (&batch.h, &mean.h), (&batch.d, &mean.d)] {
+        let scale = common::max_abs(m.as_ref());
+        assert!(scale > 1e-3, "non-trivial gradients");
+        assert!(common::max_abs_diff(a.as_ref(), m.as_ref()) <= 1e-12 * scale, "{a:?} vs {m:?}");
+    }
+}
+
+/// The f32 path (geometry rounded to f32, per-element arithmetic in f32 with the
+/// polynomial logarithm) against the f64 path on the same (f32-representable) parameters
+/// and inputs. Tolerances, each ~4-10x what this test measured (in parentheses), and far
+/// below what a wrong formula gives (O(1)): values are rational functions of O(1)
+/// inputs with denominators bounded below by the slope floors, 1e-5 relative to the
+/// largest entry (6e-7); a column's log-det sums 300 f32 terms of O(1) (in f64), each
+/// off by a few ulp: 2e-7 per term (5e-8); input deltas and parameter gradients hold
+/// differences of 1/M and 1/D terms, which cancel, 1e-4 relative to the largest
+/// (1.6e-5 and 1.9e-5).
+#[test]
+fn f32_path_matches_f64_to_f32_rounding() {
+    let (d, b) = (300, 200);
+    let f64s = random_spline(d, 0.8, 51);
+    let [w, h, s] = f64s.parameters();
+    let to32 = |m: faer::MatRef<'_, f64>| Mat::<f32>::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] as f32);
+    let back = |m: faer::MatRef<'_, f32>| Mat::<f64>::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] as f64);
+    let f32s = SplineActivation::from_parts(*f64s.config(), to32(w), to32(h), to32(s)).unwrap();
+    // the f64 reference runs on the f32-rounded parameters and inputs
+    let f64s = SplineActivation::from_parts(*f64s.config(), back(to32(w).as_ref()), back(to32(h).as_ref()), back(to32(s).as_ref())).unwrap();
+    let x = back(to32(gaussian(d, b, 5.0, &mut rng(52)).as_ref()).as_ref());
+    let g = back(to32(gaussian(d, b, 1.0, &mut rng(53)).as_ref()).as_ref());
+    let (x32, g32) = (to32(x.as_ref()), to32(g.as_ref()));
+    let (z, ld) = apply(&f64s, &x);
+    let mut z32 = Mat::<f32>::zeros(d, b);
+    let mut ld32 = vec![0.0; b];
+    f32s.forward(x32.as_ref(), z32.as_mut(), &mut ld32, Par::rayon(2)).unwrap();
+    let rel = |a: faer::MatRef<'_, f64>, e: faer::MatRef<'_, f64>| common::max_abs_diff(a, e) / common::max_abs(e);
+    let ld_err = ld32.iter().zip(&ld).map(|(a, e)| (a - e).abs()).fold(0.0, f64::max);
+    assert!(rel(back(z32.as_ref()).as_ref(), z.as_ref()) < 1e-5);
+    assert!(ld_err <= d as f64 * 2e-7, "log-det error {ld_err:e}");
+    let mut dx = Mat::zeros(d, b);
+    let mut gr = f64s.zero_grads();
+    f64s.backward(x.as_ref(), g.as_ref(), dx.as_mut(), &mut gr, Par::rayon(2)).unwrap();
+    let mut dx32 = Mat::<f32>::zeros(d, b);
+    let mut gr32 = f32s.zero_grads();
+    f32s.backward(x32.as_ref(), g32.as_ref(), dx32.as_mut(), &mut gr32, Par::rayon(2)).unwrap();
+    let r = rel(back(dx32.as_ref()).as_ref(), dx.as_ref());
+    assert!(r < 1e-4, "input deltas: relative error {r:e}");
+    for (a, e) in [(&gr32.w, &gr.w), (&gr32.h, &gr.h), (&gr32.d, &gr.d)] {
+        let r = rel(back(a.as_ref()).as_ref(), e.as_ref());
+        assert!(r < 1e-4, "parameter gradients: relative error {r:e}");
+    }
+}

@@ -3,6 +3,7 @@
 use faer::{MatMut, MatRef, Par};
 use serde_json::json;
 
+use super::spline::SplineWorkspace;
 use super::{LeakyRelu, ScalarBijection, SmoothLeakyRelu, SplineActivation, SplineGrads};
 use crate::error::Result;
 use crate::real::Real;
@@ -79,10 +80,11 @@ impl<T: Real> Transform<T> for SplineActivation<T> {
         }
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
-        Workspace::new((), max_batch, par)
+        Workspace::new(self.workspace_buffers()?, max_batch, par)
     }
     fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, logdet: &mut [f64], ws: &mut Workspace<T>) -> Result<Tape> {
-        SplineActivation::forward(self, x, y, logdet, ws.par())?;
+        let par = ws.par();
+        self.forward_in(x, y, logdet, ws.buffers_mut::<SplineWorkspace<T>>()?, par)?;
         Ok(ws.record(x))
     }
     fn backward(

@@ -51,6 +51,7 @@ pub(crate) struct Plan<'a> {
 #[inline]
 pub(crate) fn gemm<T: Real>(dst: MatMut<'_, T>, accum: Accum, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T) {
     faer::linalg::matmul::matmul(dst, accum, lhs, rhs, alpha, Par::Seq);
+    crate::util::clear_upper_simd_state();
 }
 
 /// im2col of examples `j0 .. j0 + nb` of `x`, group `g`, into `c.cols` (from the stacked
@@ -310,5 +311,6 @@ fn split_run<S: Cols, C: Scratch>(s: S, scratch: C, f: &(impl Fn(S, C) + Sync)) 
         rayon::join(|| split_run(a, ca, f), || split_run(b, cb, f));
         return;
     }
+    crate::util::clear_upper_simd_state();
     f(s, scratch)
 }

@@ -6,6 +6,7 @@ use faer::perm::PermRef;
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Mat, MatMut, MatRef, Par};
 
+use super::denormals::flushing_denormals;
 use crate::error::{Error, Result};
 use crate::real::Real;
 use crate::util::all_finite;
@@ -87,8 +88,12 @@ impl<T: Real> Lu<T> {
             return Err(Error::NonFinite { op: OP });
         }
         self.lu.copy_from(a);
-        let stack = MemStack::new(&mut self.scratch);
-        let (info, _) = factor::lu_in_place(self.lu.as_mut(), &mut self.perm, &mut self.perm_inv, self.par, stack, Default::default());
+        let (lu, perm, perm_inv, scratch, par) = (&mut self.lu, &mut self.perm, &mut self.perm_inv, &mut self.scratch, self.par);
+        let info = flushing_denormals(par, move || {
+            let (info, _) = factor::lu_in_place(lu.as_mut(), perm, perm_inv, par, MemStack::new(scratch), Default::default());
+            crate::util::clear_upper_simd_state();
+            info
+        });
         self.transpositions = info.transposition_count;
         // Rank test on the diagonal of U. A zero pivot makes faer divide by zero below
         // it, so a singular matrix can also leave non-finite entries: test rank first.
@@ -176,20 +181,24 @@ impl<T: Real> Lu<T> {
     fn solve_impl(&mut self, op: &'static str, mut rhs: MatMut<'_, T>, transpose: bool) -> Result<()> {
         self.check_rhs(op, &rhs)?;
         let ncols = rhs.ncols();
-        let mut start = 0;
-        while start < ncols {
-            let w = self.rhs_chunk.min(ncols - start);
-            let chunk = rhs.rb_mut().subcols_mut(start, w);
-            let perm = PermRef::new_checked(&self.perm, &self.perm_inv, self.lu.nrows());
-            let stack = MemStack::new(&mut self.scratch);
-            let lu = self.lu.as_ref();
-            if transpose {
-                solve::solve_transpose_in_place(lu, lu, perm, chunk, self.par, stack);
-            } else {
-                solve::solve_in_place(lu, lu, perm, chunk, self.par, stack);
+        let (lu, perm, perm_inv, scratch, par, rhs_chunk) = (self.lu.as_ref(), &self.perm, &self.perm_inv, &mut self.scratch, self.par, self.rhs_chunk);
+        let mut rhs_all = rhs.rb_mut();
+        flushing_denormals(par, move || {
+            let mut start = 0;
+            while start < ncols {
+                let w = rhs_chunk.min(ncols - start);
+                let chunk = rhs_all.rb_mut().subcols_mut(start, w);
+                let perm = PermRef::new_checked(perm, perm_inv, lu.nrows());
+                let stack = MemStack::new(scratch);
+                if transpose {
+                    solve::solve_transpose_in_place(lu, lu, perm, chunk, par, stack);
+                } else {
+                    solve::solve_in_place(lu, lu, perm, chunk, par, stack);
+                }
+                start += w;
             }
-            start += w;
-        }
+            crate::util::clear_upper_simd_state();
+        });
         if all_finite(rhs.rb()) {
             Ok(())
         } else {
@@ -207,11 +216,13 @@ impl<T: Real> Lu<T> {
         self.ensure_factored(OP)?;
         let n = self.dim();
         crate::error::check_shape(OP, (n, n), (out.nrows(), out.ncols()))?;
-        let perm = PermRef::new_checked(&self.perm, &self.perm_inv, n);
-        let stack = MemStack::new(&mut self.scratch);
-        let lu = self.lu.as_ref();
+        let (lu, perm, perm_inv, scratch, par) = (self.lu.as_ref(), &self.perm, &self.perm_inv, &mut self.scratch, self.par);
         let mut out = out;
-        inverse::inverse(out.rb_mut(), lu, lu, perm, self.par, stack);
+        let mut dst = out.rb_mut();
+        flushing_denormals(par, move || {
+            inverse::inverse(dst.rb_mut(), lu, lu, PermRef::new_checked(perm, perm_inv, n), par, MemStack::new(scratch));
+            crate::util::clear_upper_simd_state();
+        });
         if all_finite(out.rb()) {
             Ok(())
         } else {

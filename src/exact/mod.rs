@@ -10,6 +10,7 @@
 //! This module is a leaf: it depends only on faer and the crate's error and scalar types.
 //! All functions return [`Error::Singular`] or [`Error::NonFinite`] rather than panicking.
 
+mod denormals;
 mod lu;
 
 pub use lu::Lu;

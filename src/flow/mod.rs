@@ -171,6 +171,7 @@ pub struct FlowWorkspace<T: Real> {
     logdet: Vec<f64>,
     lp: Vec<f64>,
     max_batch: usize,
+    par: Par,
 }
 
 /// The g-chain of the exact objective (gradient-angle monitoring only).
@@ -312,6 +313,7 @@ impl<T: Real> Flow<T> {
             logdet: vec![0.0; max_batch],
             lp: vec![0.0; max_batch],
             max_batch,
+            par,
         })
     }
 
@@ -408,6 +410,10 @@ impl<T: Real> Flow<T> {
     /// # Errors
     /// Shape errors, workspace/gradient mismatches, the transforms' own errors.
     pub fn gradients(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, lambda: T) -> Result<StepStats> {
+        crate::util::in_pool(ws.par, || self.gradients_in_pool(x, grads, ws, lambda))
+    }
+
+    fn gradients_in_pool(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, lambda: T) -> Result<StepStats> {
         const OP: &str = "Flow::gradients";
         if grads.layers.len() != self.layers.len() {
             return Err(Error::InvalidArgument { op: OP, reason: "gradients made for another flow".into() });
@@ -455,6 +461,10 @@ impl<T: Real> Flow<T> {
     /// [`Error::InvalidArgument`] if `ws` was not made by
     /// [`exact_workspace`](Self::exact_workspace); the transforms' and the LU's errors.
     pub fn exact_gradients(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, lambda: T) -> Result<()> {
+        crate::util::in_pool(ws.par, || self.exact_gradients_in_pool(x, grads, ws, lambda))
+    }
+
+    fn exact_gradients_in_pool(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, lambda: T) -> Result<()> {
         const OP: &str = "Flow::exact_gradients";
         if grads.layers.len() != self.layers.len() {
             return Err(Error::InvalidArgument { op: OP, reason: "gradients made for another flow".into() });
@@ -575,6 +585,10 @@ impl<T: Real> Flow<T> {
     /// # Errors
     /// Shape errors, the transforms' errors.
     pub fn log_prob_given(&self, x: MatRef<'_, T>, static_log_det: f64, ws: &mut FlowWorkspace<T>, out: &mut [f64]) -> Result<()> {
+        crate::util::in_pool(ws.par, || self.log_prob_in_pool(x, static_log_det, ws, out))
+    }
+
+    fn log_prob_in_pool(&self, x: MatRef<'_, T>, static_log_det: f64, ws: &mut FlowWorkspace<T>, out: &mut [f64]) -> Result<()> {
         let b = x.ncols();
         check_shape("Flow::log_prob", (b, 1), (out.len(), 1))?;
         self.forward_keep(x, ws)?;

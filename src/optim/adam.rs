@@ -131,6 +131,7 @@ impl<T: Real> Adam<T> {
         T: 'a,
     {
         const OP: &str = "Adam::step";
+        crate::util::clear_upper_simd_state();
         self.t += 1;
         let t = self.t as i32;
         let c = &self.cfg;

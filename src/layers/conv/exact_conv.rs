@@ -199,10 +199,7 @@ impl<T: Real> ExactConv2d<T> {
         let mut x = x;
         x.copy_from(z);
         add_channel_bias(x.rb_mut(), self.bias(), self.pixels(), T::from_f64(-1.0));
-        for j in 0..x.ncols() {
-            ws.lu.solve_in_place(x.rb_mut().subcols_mut(j, 1))?;
-        }
-        Ok(())
+        ws.lu.solve_in_place(x)
     }
 
     /// $\log\lvert\det\mathcal T(w)\rvert$ by LU.

@@ -1,12 +1,23 @@
 //! The monotonic rational-quadratic spline activation (Durkan et al., 2019) with
 //! per-element parameters, linear (identity) tails, an analytic inverse and hand-derived
 //! gradients with respect to its input and its parameters. Derivation: `proofs/spline.md`.
+//!
+//! Cost: the bin geometry (softmax widths and heights, softplus slopes, knots) depends
+//! only on the parameters, so each pass computes it once per entry ([`geometry`]); the
+//! per-element work ([`kernel`]) runs in the batch's precision with one logarithm per
+//! element in the forward pass (a vectorisable polynomial for `f32`) and none in the
+//! backward pass, whose parameter partials are summed per bin over the batch and mapped
+//! through the softmax once per entry.
+
+mod geometry;
+mod kernel;
 
 use faer::{Mat, MatMut, MatRef, Par};
 
-use super::{sigmoid, softplus};
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
+use geometry::Bin;
+use kernel::BinPartials;
 
 /// Most bins supported (the paper uses 5).
 pub const MAX_BINS: usize = 16;
@@ -33,26 +44,6 @@ impl Default for SplineConfig {
     }
 }
 
-/// Knots of one element's spline.
-struct Knots {
-    k: usize,
-    xs: [f64; MAX_BINS + 1],
-    ys: [f64; MAX_BINS + 1],
-    ds: [f64; MAX_BINS + 1],
-    sw: [f64; MAX_BINS],
-    sh: [f64; MAX_BINS],
-}
-
-fn softmax(theta: &[f64], out: &mut [f64]) {
-    let m = theta.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0.0;
-    for (o, &t) in out.iter_mut().zip(theta) {
-        *o = (t - m).exp();
-        sum += *o;
-    }
-    out.iter_mut().for_each(|o| *o /= sum);
-}
-
 impl SplineConfig {
     fn check(&self) -> Result<()> {
         let k = self.bins as f64;
@@ -75,149 +66,6 @@ impl SplineConfig {
     pub fn unit_derivative_param(&self) -> f64 {
         (1.0 - self.min_derivative).exp_m1().ln()
     }
-
-    fn knots(&self, tw: &[f64], th: &[f64], td: &[f64]) -> Knots {
-        let k = self.bins;
-        let b = self.tail_bound;
-        let mut kn = Knots { k, xs: [0.0; MAX_BINS + 1], ys: [0.0; MAX_BINS + 1], ds: [1.0; MAX_BINS + 1], sw: [0.0; MAX_BINS], sh: [0.0; MAX_BINS] };
-        softmax(tw, &mut kn.sw[..k]);
-        softmax(th, &mut kn.sh[..k]);
-        let (fw, fh) = (1.0 - self.min_width * k as f64, 1.0 - self.min_height * k as f64);
-        kn.xs[0] = -b;
-        kn.ys[0] = -b;
-        for j in 0..k {
-            kn.xs[j + 1] = kn.xs[j] + 2.0 * b * (self.min_width + fw * kn.sw[j]);
-            kn.ys[j + 1] = kn.ys[j] + 2.0 * b * (self.min_height + fh * kn.sh[j]);
-        }
-        kn.xs[k] = b;
-        kn.ys[k] = b;
-        for j in 1..k {
-            kn.ds[j] = self.min_derivative + softplus(td[j - 1]);
-        }
-        kn
-    }
-}
-
-/// Index of the bin of `v` among the knots `t[0..=k]` (`t[0] <= v < t[k]`).
-fn bin(t: &[f64], k: usize, v: f64) -> usize {
-    let mut j = 0;
-    while j + 1 < k && v >= t[j + 1] {
-        j += 1;
-    }
-    j
-}
-
-/// Value, log-slope and their partial derivatives for one element inside $[-B, B]$.
-struct Eval {
-    z: f64,
-    log_d: f64,
-    /// d z / d x and d log f' / d x
-    dz_dx: f64,
-    dl_dx: f64,
-}
-
-/// The gradient request of [`eval`]: the output delta $g$ and accumulators for the
-/// width, height and slope parameters of the element.
-type GradSink<'a> = (f64, &'a mut [f64], &'a mut [f64], &'a mut [f64]);
-
-/// Per-element gradient of `g_z * z + log f'` with respect to the element's parameters
-/// (written into `gw`, `gh`, `gd`), and its input derivative. Returns `None` in the tails.
-#[allow(clippy::too_many_arguments)]
-fn eval(cfg: &SplineConfig, kn: &Knots, x: f64, td: &[f64], grads: Option<GradSink<'_>>) -> Option<Eval> {
-    let b = cfg.tail_bound;
-    if !(x > -b && x < b) {
-        return None;
-    }
-    let k = kn.k;
-    let j = bin(&kn.xs, k, x);
-    let (xk, dx) = (kn.xs[j], kn.xs[j + 1] - kn.xs[j]);
-    let (yk, dy) = (kn.ys[j], kn.ys[j + 1] - kn.ys[j]);
-    let (a, c) = (kn.ds[j], kn.ds[j + 1]);
-    let s = dy / dx;
-    let xi = ((x - xk) / dx).clamp(0.0, 1.0);
-    let q = xi * (1.0 - xi);
-    let num = s * xi * xi + a * q;
-    let den = s + (a + c - 2.0 * s) * q;
-    let u = num / den;
-    let z = yk + dy * u;
-    let m = c * xi * xi + 2.0 * s * q + a * (1.0 - xi) * (1.0 - xi);
-    // log f' = 2 log s + log M - 2 log D, as one logarithm (all factors are positive and
-    // moderate: s, M, D are bounded below by the floors); the backward pass does not need it
-    let log_d = if grads.is_none() { (s * s * m / (den * den)).ln() } else { 0.0 };
-    // partials with respect to (xi, s, a, c)
-    let dq = 1.0 - 2.0 * xi;
-    let num_xi = 2.0 * s * xi + a * dq;
-    let den_xi = (a + c - 2.0 * s) * dq;
-    let u_xi = (num_xi * den - num * den_xi) / (den * den);
-    let u_s = (xi * xi * den - num * (1.0 - 2.0 * q)) / (den * den);
-    let u_a = (q * den - num * q) / (den * den);
-    let u_c = -num * q / (den * den);
-    let m_xi = 2.0 * c * xi + 2.0 * s * dq - 2.0 * a * (1.0 - xi);
-    let l_xi = m_xi / m - 2.0 * den_xi / den;
-    let l_s = 2.0 / s + 2.0 * q / m - 2.0 * (1.0 - 2.0 * q) / den;
-    let l_a = (1.0 - xi) * (1.0 - xi) / m - 2.0 * q / den;
-    let l_c = xi * xi / m - 2.0 * q / den;
-    let out = Eval { z, log_d, dz_dx: dy * u_xi / dx, dl_dx: l_xi / dx };
-    if let Some((gz, gw, gh, gd)) = grads {
-        // G = gz * z + log f', as a function of (xi, s, dy, yk, a, c)
-        let g_xi = gz * dy * u_xi + l_xi;
-        let g_s = gz * dy * u_s + l_s;
-        let g_dy = gz * u;
-        let g_yk = gz;
-        let g_a = gz * dy * u_a + l_a;
-        let g_c = gz * dy * u_c + l_c;
-        // to knots and bin sizes: xi = (x - xk)/dx, s = dy/dx
-        let g_xk = -g_xi / dx;
-        let g_dx = -g_xi * xi / dx - g_s * s / dx;
-        let g_dyy = g_dy + g_s / dx;
-        // bin sizes: knot k is the sum of the sizes of bins < k
-        let mut gdx = [0.0; MAX_BINS];
-        let mut gdyv = [0.0; MAX_BINS];
-        for i in 0..j {
-            gdx[i] = g_xk;
-            gdyv[i] = g_yk;
-        }
-        gdx[j] += g_dx;
-        gdyv[j] += g_dyy;
-        // through size_i = 2B (min + (1 - K min) softmax_i)
-        let (fw, fh) = (2.0 * b * (1.0 - cfg.min_width * k as f64), 2.0 * b * (1.0 - cfg.min_height * k as f64));
-        let dotw: f64 = (0..k).map(|i| gdx[i] * kn.sw[i]).sum();
-        let doth: f64 = (0..k).map(|i| gdyv[i] * kn.sh[i]).sum();
-        for i in 0..k {
-            gw[i] += fw * kn.sw[i] * (gdx[i] - dotw);
-            gh[i] += fh * kn.sh[i] * (gdyv[i] - doth);
-        }
-        // interior slopes d_i = min + softplus(theta_{i-1}), i = 1..K-1
-        if j >= 1 {
-            gd[j - 1] += g_a * sigmoid(td[j - 1]);
-        }
-        if j + 1 < k {
-            gd[j] += g_c * sigmoid(td[j]);
-        }
-    }
-    Some(out)
-}
-
-/// Inverse for one element.
-fn invert(cfg: &SplineConfig, kn: &Knots, y: f64) -> f64 {
-    let b = cfg.tail_bound;
-    if !(y > -b && y < b) {
-        return y;
-    }
-    let j = bin(&kn.ys, kn.k, y);
-    let (xk, dx) = (kn.xs[j], kn.xs[j + 1] - kn.xs[j]);
-    let (yk, dy) = (kn.ys[j], kn.ys[j + 1] - kn.ys[j]);
-    let (a, c) = (kn.ds[j], kn.ds[j + 1]);
-    let s = dy / dx;
-    let t = y - yk;
-    // (dy (s - a) + t (a + c - 2s)) xi^2 + (dy a - t (a + c - 2s)) xi - s t = 0
-    let qa = dy * (s - a) + t * (a + c - 2.0 * s);
-    let qb = dy * a - t * (a + c - 2.0 * s);
-    let qc = -s * t;
-    let disc = (qb * qb - 4.0 * qa * qc).max(0.0);
-    // the root in [0, 1], in the cancellation-free form
-    let xi = (2.0 * qc / (-qb - disc.sqrt())).clamp(0.0, 1.0);
-    xk + xi * dx
 }
 
 /// A rational-quadratic spline activation with its own parameters for each of the `D`
@@ -344,31 +192,80 @@ impl<T: Real> SplineActivation<T> {
         (k, k - 1)
     }
 
+    /// The knots of entry `i`.
+    fn knots(&self, i: usize) -> geometry::Knots {
+        let mut p = [0.0; 3 * MAX_BINS];
+        let (k, kd) = self.entry_params(i, &mut p);
+        self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd])
+    }
+
+    /// Buffers for [`Transform::forward`](crate::transform::Transform::forward): the bin
+    /// geometry of every entry (`K * D` bins).
+    pub(crate) fn workspace_buffers(&self) -> Result<SplineWorkspace<T>> {
+        let n = self.cfg.bins * self.dim();
+        let mut bins = Vec::new();
+        bins.try_reserve_exact(n).map_err(|_| Error::InvalidArgument {
+            op: "SplineActivation::workspace",
+            reason: format!("the geometry of {} entries cannot be allocated", self.dim()),
+        })?;
+        bins.resize(n, Bin::default());
+        Ok(SplineWorkspace { bins })
+    }
+
+    /// Fill `bins` (`K` per entry, entries in order) from the parameters; entries split
+    /// over `threads`.
+    fn fill_geometry(&self, i0: usize, bins: &mut [Bin<T>], threads: usize) {
+        let k = self.cfg.bins;
+        let n = bins.len() / k;
+        #[cfg(feature = "rayon")]
+        if threads > 1 && n >= 64 {
+            let mid = n / 2;
+            let (a, b) = bins.split_at_mut(mid * k);
+            rayon::join(|| self.fill_geometry(i0, a, threads / 2), || self.fill_geometry(i0 + mid, b, threads - threads / 2));
+            return;
+        }
+        let _ = threads;
+        crate::util::clear_upper_simd_state();
+        for (li, chunk) in bins.chunks_exact_mut(k).enumerate() {
+            self.knots(i0 + li).bins(chunk);
+        }
+    }
+
     /// `z = f(x)` entry-wise, adding each column's $\sum\log f'$ to `logdet`. Columns run in
-    /// parallel under `par`.
+    /// parallel under `par`. (Allocates the `K x D` bin geometry; the
+    /// [`Transform`](crate::transform::Transform) path keeps it in its workspace.)
     ///
     /// # Errors
     /// Shape errors.
     pub fn forward(&self, x: MatRef<'_, T>, z: MatMut<'_, T>, logdet: &mut [f64], par: Par) -> Result<()> {
+        let mut ws = self.workspace_buffers()?;
+        self.forward_in(x, z, logdet, &mut ws, par)
+    }
+
+    /// [`forward`](Self::forward) with the geometry buffer given.
+    pub(crate) fn forward_in(&self, x: MatRef<'_, T>, z: MatMut<'_, T>, logdet: &mut [f64], ws: &mut SplineWorkspace<T>, par: Par) -> Result<()> {
         const OP: &str = "SplineActivation::forward";
         check_shape(OP, (self.dim(), x.ncols()), (x.nrows(), x.ncols()))?;
         check_shape(OP, (x.nrows(), x.ncols()), (z.nrows(), z.ncols()))?;
         check_shape(OP, (x.ncols(), 1), (logdet.len(), 1))?;
+        check_shape(OP, (self.cfg.bins * self.dim(), 1), (ws.bins.len(), 1))?;
+        self.fill_geometry(0, &mut ws.bins, par.degree().max(1));
+        let (k, bins, bound) = (self.cfg.bins, &ws.bins[..], T::from_f64(self.cfg.tail_bound));
         crate::util::par_cols(((x, z), logdet), par, &|((x, mut z), logdet): ((MatRef<'_, T>, MatMut<'_, T>), &mut [f64])| {
-            let mut p = [0.0; 3 * MAX_BINS];
-            for i in 0..self.dim() {
-                let (k, kd) = self.entry_params(i, &mut p);
-                let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
-                for j in 0..x.ncols() {
-                    let v = x[(i, j)].as_f64();
-                    match eval(&self.cfg, &kn, v, &p[2 * MAX_BINS..2 * MAX_BINS + kd], None) {
-                        Some(e) => {
-                            z[(i, j)] = T::from_f64(e.z);
-                            logdet[j] += e.log_d;
-                        }
-                        None => z[(i, j)] = x[(i, j)],
+            for (j, ld) in logdet.iter_mut().enumerate() {
+                let (xc, mut zc) = (x.col(j), z.as_mut().col_mut(j));
+                let mut acc = 0.0f64;
+                for (i, eb) in bins.chunks_exact(k).enumerate() {
+                    let v = xc[i];
+                    if v > -bound && v < bound {
+                        let (zv, l) = kernel::value(&eb[kernel::find(eb, v)], v);
+                        zc[i] = zv;
+                        acc += l.as_f64();
+                    } else {
+                        zc[i] = v;
                     }
                 }
+                *ld += acc;
             }
         });
         Ok(())
@@ -403,29 +300,47 @@ impl<T: Real> SplineActivation<T> {
             return;
         }
         let _ = threads;
+        crate::util::clear_upper_simd_state();
         let Rows { x, dz, mut dx, mut gw, mut gh, mut gd } = r;
+        let cfg = &self.cfg;
+        let (k, bound) = (cfg.bins, T::from_f64(cfg.tail_bound));
         let inv_b = -1.0 / x.ncols().max(1) as f64;
-        let mut p = [0.0; 3 * MAX_BINS];
+        let (fw, fh) = (2.0 * cfg.tail_bound * (1.0 - cfg.min_width * k as f64), 2.0 * cfg.tail_bound * (1.0 - cfg.min_height * k as f64));
+        let mut bins = [Bin::<T>::default(); MAX_BINS];
         for li in 0..n {
-            let i = i0 + li;
-            let (k, kd) = self.entry_params(i, &mut p);
-            let (mut sw, mut sh, mut sd) = ([0.0; MAX_BINS], [0.0; MAX_BINS], [0.0; MAX_BINS]);
-            let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
+            let kn = self.knots(i0 + li);
+            kn.bins(&mut bins);
+            let eb = &bins[..k];
+            let mut acc = [BinPartials::default(); MAX_BINS];
             for j in 0..x.ncols() {
-                let v = x[(li, j)].as_f64();
-                let g = dz[(li, j)].as_f64();
-                let e = eval(&self.cfg, &kn, v, &p[2 * MAX_BINS..2 * MAX_BINS + kd], Some((g, &mut sw[..k], &mut sh[..k], &mut sd[..kd])));
-                dx[(li, j)] = T::from_f64(match e {
-                    Some(e) => e.dz_dx * g + e.dl_dx,
-                    None => g,
-                });
+                let (v, g) = (x[(li, j)], dz[(li, j)]);
+                dx[(li, j)] = if v > -bound && v < bound {
+                    let b = kernel::find(eb, v);
+                    kernel::grad(&eb[b], v, g, &mut acc[b])
+                } else {
+                    g
+                };
             }
-            for q in 0..k {
-                gw[(q, li)] = T::from_f64(inv_b * sw[q]);
-                gh[(q, li)] = T::from_f64(inv_b * sh[q]);
+            // knots are prefix sums of the bin sizes: bin i's size moves every knot right
+            // of it, so it collects the knot partials of all bins j > i
+            let (mut gdx, mut gdy) = ([0.0; MAX_BINS], [0.0; MAX_BINS]);
+            let (mut right_x, mut right_y) = (0.0, 0.0);
+            for i in (0..k).rev() {
+                gdx[i] = acc[i].dx + right_x;
+                gdy[i] = acc[i].dy + right_y;
+                right_x += acc[i].xk;
+                right_y += acc[i].yk;
             }
-            for q in 0..kd {
-                gd[(q, li)] = T::from_f64(inv_b * sd[q]);
+            // through size_i = 2B (min + (1 - K min) softmax_i)
+            let dotw: f64 = (0..k).map(|i| gdx[i] * kn.sw[i]).sum();
+            let doth: f64 = (0..k).map(|i| gdy[i] * kn.sh[i]).sum();
+            for i in 0..k {
+                gw[(i, li)] = T::from_f64(inv_b * fw * kn.sw[i] * (gdx[i] - dotw));
+                gh[(i, li)] = T::from_f64(inv_b * fh * kn.sh[i] * (gdy[i] - doth));
+            }
+            // interior slope q (knot q + 1) is the right slope of bin q and the left of q + 1
+            for q in 0..k - 1 {
+                gd[(q, li)] = T::from_f64(inv_b * (acc[q].c + acc[q + 1].a) * kn.sig[q]);
             }
         }
     }
@@ -439,15 +354,20 @@ impl<T: Real> SplineActivation<T> {
         check_shape(OP, (self.dim(), z.ncols()), (z.nrows(), z.ncols()))?;
         check_shape(OP, (z.nrows(), z.ncols()), (x.nrows(), x.ncols()))?;
         let mut x = x;
-        let mut p = [0.0; 3 * MAX_BINS];
+        let b = self.cfg.tail_bound;
         for i in 0..self.dim() {
-            let (k, kd) = self.entry_params(i, &mut p);
-            let kn = self.cfg.knots(&p[..k], &p[MAX_BINS..MAX_BINS + k], &p[2 * MAX_BINS..2 * MAX_BINS + kd]);
+            let kn = self.knots(i);
             for j in 0..z.ncols() {
-                let v = invert(&self.cfg, &kn, z[(i, j)].as_f64());
-                x[(i, j)] = T::from_f64(v);
+                let y = z[(i, j)].as_f64();
+                x[(i, j)] = T::from_f64(if y > -b && y < b { kernel::invert(&kn, y) } else { y });
             }
         }
         Ok(())
     }
+}
+
+/// The forward pass's buffer: every entry's bin geometry (`K x D` bins).
+#[derive(Debug, Clone)]
+pub(crate) struct SplineWorkspace<T> {
+    bins: Vec<Bin<T>>,
 }

@@ -1,0 +1,106 @@
+//! The per-entry geometry of a spline: knots from the softmax of the width and height
+//! parameters, interior slopes from a softplus, and the per-bin constants the element
+//! kernels read. It depends on the parameters only, so it is computed once per entry per
+//! pass (not per example): $O(DK)$ transcendental calls per pass instead of $O(DBK)$.
+
+use super::{SplineConfig, MAX_BINS};
+use crate::activation::{sigmoid, softplus};
+use crate::real::Real;
+
+/// Knots of one entry's spline, in `f64`, with what the parameter gradients need.
+pub(super) struct Knots {
+    pub k: usize,
+    pub xs: [f64; MAX_BINS + 1],
+    pub ys: [f64; MAX_BINS + 1],
+    pub ds: [f64; MAX_BINS + 1],
+    /// softmax of the width parameters
+    pub sw: [f64; MAX_BINS],
+    /// softmax of the height parameters
+    pub sh: [f64; MAX_BINS],
+    /// `sigmoid(theta_d[j])`, the derivative of interior slope `j + 1`
+    pub sig: [f64; MAX_BINS],
+}
+
+/// One bin of one entry's spline in the precision `F` of the batch: the bin's left knot,
+/// size, slopes and the constants of $\log f' = 2\log s + \log(M/D^2)$ and
+/// $\partial\log f'/\partial s \ni 2/s$ (see `proofs/spline.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct Bin<F> {
+    pub xk: F,
+    pub inv_dx: F,
+    pub yk: F,
+    pub dy: F,
+    /// knot slope at the left end
+    pub a: F,
+    /// knot slope at the right end
+    pub c: F,
+    /// $s = \Delta y/\Delta x$
+    pub s: F,
+    pub two_log_s: F,
+    pub two_inv_s: F,
+}
+
+fn softmax(theta: &[f64], out: &mut [f64]) {
+    let m = theta.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0.0;
+    for (o, &t) in out.iter_mut().zip(theta) {
+        *o = (t - m).exp();
+        sum += *o;
+    }
+    out.iter_mut().for_each(|o| *o /= sum);
+}
+
+impl SplineConfig {
+    /// The knots from one entry's unnormalised widths `tw`, heights `th` (`K` each) and
+    /// interior slopes `td` (`K - 1`).
+    pub(super) fn knots(&self, tw: &[f64], th: &[f64], td: &[f64]) -> Knots {
+        let k = self.bins;
+        let b = self.tail_bound;
+        let mut kn = Knots {
+            k,
+            xs: [0.0; MAX_BINS + 1],
+            ys: [0.0; MAX_BINS + 1],
+            ds: [1.0; MAX_BINS + 1],
+            sw: [0.0; MAX_BINS],
+            sh: [0.0; MAX_BINS],
+            sig: [0.0; MAX_BINS],
+        };
+        softmax(tw, &mut kn.sw[..k]);
+        softmax(th, &mut kn.sh[..k]);
+        let (fw, fh) = (1.0 - self.min_width * k as f64, 1.0 - self.min_height * k as f64);
+        kn.xs[0] = -b;
+        kn.ys[0] = -b;
+        for j in 0..k {
+            kn.xs[j + 1] = kn.xs[j] + 2.0 * b * (self.min_width + fw * kn.sw[j]);
+            kn.ys[j + 1] = kn.ys[j] + 2.0 * b * (self.min_height + fh * kn.sh[j]);
+        }
+        kn.xs[k] = b;
+        kn.ys[k] = b;
+        for j in 1..k {
+            kn.ds[j] = self.min_derivative + softplus(td[j - 1]);
+            kn.sig[j - 1] = sigmoid(td[j - 1]);
+        }
+        kn
+    }
+}
+
+impl Knots {
+    /// The `K` bins in precision `F`, into `out[..K]`.
+    pub(super) fn bins<F: Real>(&self, out: &mut [Bin<F>]) {
+        for (j, o) in out[..self.k].iter_mut().enumerate() {
+            let (dx, dy) = (self.xs[j + 1] - self.xs[j], self.ys[j + 1] - self.ys[j]);
+            let s = dy / dx;
+            *o = Bin {
+                xk: F::from_f64(self.xs[j]),
+                inv_dx: F::from_f64(1.0 / dx),
+                yk: F::from_f64(self.ys[j]),
+                dy: F::from_f64(dy),
+                a: F::from_f64(self.ds[j]),
+                c: F::from_f64(self.ds[j + 1]),
+                s: F::from_f64(s),
+                two_log_s: F::from_f64(2.0 * s.ln()),
+                two_inv_s: F::from_f64(2.0 / s),
+            };
+        }
+    }
+}
