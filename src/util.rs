@@ -163,30 +163,6 @@ pub(crate) fn in_pool<R: Send>(par: faer::Par, f: impl FnOnce() -> R + Send) -> 
     f()
 }
 
-/// Run `f` compiled for AVX2 + FMA when the CPU has them (x86-64), else as is.
-///
-/// rustc targets baseline x86-64 (SSE2), so the element-wise loops of this crate, written
-/// to vectorise, get 4-lane `f32` code at best; inlined into this function they get
-/// 8-lane AVX2. `f` must be small enough to inline (a closure over `#[inline(always)]`
-/// kernels). The results do not change: rustc never contracts `a * b + c` into a fused
-/// multiply-add, so every operation rounds as in the baseline code.
-#[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above), the only requirement
-            // of a `target_feature(enable = "avx2,fma")` function.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
-}
-
 /// Execute `vzeroupper` where the CPU has AVX: call after faer's SIMD kernels.
 ///
 /// faer's GEMM and LU kernels (AVX2 / AVX-512, selected at run time) can return with the

@@ -25,7 +25,7 @@ use faer::{unzip, zip, MatMut, MatRef, Par};
 
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
-use crate::util::{col_map_sum, par_cols, vectorized};
+use crate::util::{col_map_sum, par_cols};
 
 /// A scalar, strictly increasing, differentiable bijection of $\mathbb R$, evaluated in
 /// the precision of the batch (`f32` or `f64`); the inverse always runs in `f64`.
@@ -60,17 +60,12 @@ pub fn forward<T: Real>(f: &impl ScalarBijection, x: MatRef<'_, T>, z: MatMut<'_
     check_shape(OP, (x.nrows(), x.ncols()), (z.nrows(), z.ncols()))?;
     check_shape(OP, (x.ncols(), 1), (logdet.len(), 1))?;
     par_cols(((x, z), logdet), par, &|((x, mut z), ld): ((MatRef<'_, T>, MatMut<'_, T>), &mut [f64])| {
-        vectorized(
-            #[inline(always)]
-            || {
-                for (j, l) in ld.iter_mut().enumerate() {
-                    *l += col_map_sum(x.col(j), z.rb_mut().col_mut(j), |xi| {
-                        let (v, d) = f.value_and_log_derivative(xi);
-                        (v, d.as_f64())
-                    });
-                }
-            },
-        )
+        for (j, l) in ld.iter_mut().enumerate() {
+            *l += col_map_sum(x.col(j), z.rb_mut().col_mut(j), |xi| {
+                let (v, d) = f.value_and_log_derivative(xi);
+                (v, d.as_f64())
+            });
+        }
     });
     Ok(())
 }
@@ -84,15 +79,10 @@ pub fn backward<T: Real>(f: &impl ScalarBijection, x: MatRef<'_, T>, dz: MatRef<
     check_shape(OP, (x.nrows(), x.ncols()), (dz.nrows(), dz.ncols()))?;
     check_shape(OP, (x.nrows(), x.ncols()), (dx.nrows(), dx.ncols()))?;
     par_cols(((x, dz), dx), par, &|((x, dz), dx): ((MatRef<'_, T>, MatRef<'_, T>), MatMut<'_, T>)| {
-        vectorized(
-            #[inline(always)]
-            || {
-                zip!(x, dz, dx).for_each(|unzip!(x, dz, dx)| {
-                    let (d, g) = f.derivative_and_log_derivative_grad(*x);
-                    *dx = d * *dz + g;
-                })
-            },
-        )
+        zip!(x, dz, dx).for_each(|unzip!(x, dz, dx)| {
+            let (d, g) = f.derivative_and_log_derivative_grad(*x);
+            *dx = d * *dz + g;
+        })
     });
     Ok(())
 }
