@@ -9,6 +9,8 @@
 //! - `conv9_step_f32`: the Conv 9-layer model (nine 3x3 convolutions, eight spline
 //!   activations, two squeezes), and its evaluation.
 //!
+//! Adam runs on both cores, as the trainer runs it (`Trainer` gives it the flow's `Par`).
+//!
 //! Run: `cargo bench --bench model_step` (`SNF_BENCH_MODELS=conv` or `fc` for one group).
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
@@ -33,8 +35,11 @@ fn bench_flow(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, 
     let x = pixels();
     let mut ws = flow.workspace(B, Par::rayon(0)).unwrap();
     let mut grads = flow.zero_grads();
-    let mut adams: Vec<Adam<f32>> =
-        grads.layers.iter().map(|g| Adam::new(AdamConfig::default(), g.blocks().into_iter().map(|b| (b.nrows(), b.ncols()))).unwrap()).collect();
+    let mut adams: Vec<Adam<f32>> = grads
+        .layers
+        .iter()
+        .map(|g| Adam::new(AdamConfig::default(), g.blocks().into_iter().map(|b| (b.nrows(), b.ncols()))).unwrap().with_par(Par::rayon(0)))
+        .collect();
     group.bench_function(name, |bch| {
         bch.iter(|| {
             flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap();

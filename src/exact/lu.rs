@@ -21,6 +21,12 @@ use crate::util::all_finite;
 /// With $PA = LU$ ($L$ unit lower, $U$ upper, $P$ a permutation with sign
 /// $\pm 1$), $\log|\det A| = \sum_i \log|u_{ii}|$.
 ///
+/// The factorisation, solves and inverse run inside rayon's pool with subnormal numbers
+/// flushed to zero (results below the smallest normal number become 0): the inverse of a
+/// convolution matrix with few channels is full of them, and subnormal arithmetic made a
+/// 784 x 784 `f32` inverse 18x slower. The threads get their previous floating-point
+/// control state back afterwards.
+///
 /// # Example
 /// ```
 /// use snf::exact::Lu;
