@@ -3,8 +3,8 @@
 //! gradients with respect to its input and its parameters. Derivation: `proofs/spline.md`.
 //!
 //! Cost: the bin geometry (softmax widths and heights, softplus slopes, knots) depends
-//! only on the parameters, so each pass computes it once per entry ([`geometry`]); the
-//! per-element work ([`kernel`]) runs in the batch's precision with one logarithm per
+//! only on the parameters, so each pass computes it once per entry (`geometry.rs`); the
+//! per-element work (`kernel.rs`) runs in the batch's precision with one logarithm per
 //! element in the forward pass (a vectorisable polynomial for `f32`) and none in the
 //! backward pass, whose parameter partials are summed per bin over the batch and mapped
 //! through the softmax once per entry.
