@@ -120,6 +120,7 @@ pub(crate) fn gemm<T: Real>(dst: MatMut<'_, T>, accum: faer::Accum, lhs: MatRef<
 
 fn split_gemm<T: Real>(dst: MatMut<'_, T>, accum: faer::Accum, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T, threads: usize) {
     // Below ~16 columns per block, or for tiny products, splitting costs more than it saves.
+    #[cfg(feature = "rayon")]
     const MIN_COLS: usize = 16;
     let n = dst.ncols();
     let work = dst.nrows() * n * lhs.ncols();
@@ -192,6 +193,7 @@ pub(crate) fn clear_upper_simd_state() {
 
 /// Views that can be split by columns, so element-wise kernels can run in parallel
 /// without allocating (see [`par_cols`]).
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) trait Splittable: Sized + Send {
     fn ncols(&self) -> usize;
     fn nrows(&self) -> usize;
@@ -256,9 +258,9 @@ pub(crate) fn par_cols<S: Splittable>(s: S, par: faer::Par, f: &(impl Fn(S) + Sy
 }
 
 fn split_cols<S: Splittable>(s: S, threads: usize, f: &(impl Fn(S) + Sync)) {
-    let n = s.ncols();
     #[cfg(feature = "rayon")]
-    if threads > 1 && n >= 2 && s.nrows() * n >= 1 << 15 {
+    if threads > 1 && s.ncols() >= 2 && s.nrows() * s.ncols() >= 1 << 15 {
+        let n = s.ncols();
         let left = threads / 2;
         let (a, b) = s.split(n * left / threads);
         rayon::join(|| split_cols(a, left, f), || split_cols(b, threads - left, f));

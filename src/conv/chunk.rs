@@ -222,6 +222,7 @@ pub(crate) fn reduce_dk<T: Real>(chunks: &[Chunk<T>], dk: MatMut<'_, T>, alpha: 
 }
 
 /// Column-splittable bundles of batch views.
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) trait Cols: Sized + Send {
     fn ncols(&self) -> usize;
     fn split(self, at: usize) -> (Self, Self);
@@ -257,6 +258,7 @@ impl<A: Cols, B: Cols> Cols for (A, B) {
 }
 
 /// Splittable scratch: one slice of chunks, or a pair of equally long slices.
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) trait Scratch: Sized + Send {
     fn len(&self) -> usize;
     fn split(self, at: usize) -> (Self, Self);

@@ -216,9 +216,9 @@ impl<T: Real> SplineActivation<T> {
     /// over `threads`.
     fn fill_geometry(&self, i0: usize, bins: &mut [Bin<T>], threads: usize) {
         let k = self.cfg.bins;
-        let n = bins.len() / k;
         #[cfg(feature = "rayon")]
-        if threads > 1 && n >= 64 {
+        if threads > 1 && bins.len() / k >= 64 {
+            let n = bins.len() / k;
             let mid = n / 2;
             let (a, b) = bins.split_at_mut(mid * k);
             rayon::join(|| self.fill_geometry(i0, a, threads / 2), || self.fill_geometry(i0 + mid, b, threads - threads / 2));
