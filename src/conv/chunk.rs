@@ -50,8 +50,7 @@ pub(crate) struct Plan<'a> {
 
 #[inline]
 pub(crate) fn gemm<T: Real>(dst: MatMut<'_, T>, accum: Accum, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T) {
-    faer::linalg::matmul::matmul(dst, accum, lhs, rhs, alpha, Par::Seq);
-    crate::util::clear_upper_simd_state();
+    crate::util::gemm(dst, accum, lhs, rhs, alpha, Par::Seq);
 }
 
 /// im2col of examples `j0 .. j0 + nb` of `x`, group `g`, into `c.cols` (from the stacked

@@ -38,9 +38,15 @@ mod mxcsr {
     }
 }
 
-/// `f()` with subnormals flushed to zero on every thread that can run part of it under
-/// `par`, inside rayon's pool (see the module docs).
+/// `f()` (faer's LU kernels) with subnormals flushed to zero on every thread that can
+/// run part of it under `par`, inside rayon's pool (see the module docs), then
+/// [`clear_upper_simd_state`](crate::util::clear_upper_simd_state) on the calling thread.
 pub(crate) fn flushing_denormals<R: Send>(par: Par, f: impl FnOnce() -> R + Send) -> R {
+    let f = || {
+        let r = f();
+        crate::util::clear_upper_simd_state();
+        r
+    };
     crate::util::in_pool(par, || {
         #[cfg(target_arch = "x86_64")]
         {

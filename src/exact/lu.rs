@@ -95,11 +95,7 @@ impl<T: Real> Lu<T> {
         }
         self.lu.copy_from(a);
         let (lu, perm, perm_inv, scratch, par) = (&mut self.lu, &mut self.perm, &mut self.perm_inv, &mut self.scratch, self.par);
-        let info = flushing_denormals(par, move || {
-            let (info, _) = factor::lu_in_place(lu.as_mut(), perm, perm_inv, par, MemStack::new(scratch), Default::default());
-            crate::util::clear_upper_simd_state();
-            info
-        });
+        let info = flushing_denormals(par, move || factor::lu_in_place(lu.as_mut(), perm, perm_inv, par, MemStack::new(scratch), Default::default()).0);
         self.transpositions = info.transposition_count;
         // Rank test on the diagonal of U. A zero pivot makes faer divide by zero below
         // it, so a singular matrix can also leave non-finite entries: test rank first.
@@ -203,7 +199,6 @@ impl<T: Real> Lu<T> {
                 }
                 start += w;
             }
-            crate::util::clear_upper_simd_state();
         });
         if all_finite(rhs.rb()) {
             Ok(())
@@ -227,7 +222,6 @@ impl<T: Real> Lu<T> {
         let mut dst = out.rb_mut();
         flushing_denormals(par, move || {
             inverse::inverse(dst.rb_mut(), lu, lu, PermRef::new_checked(perm, perm_inv, n), par, MemStack::new(scratch));
-            crate::util::clear_upper_simd_state();
         });
         if all_finite(out.rb()) {
             Ok(())
