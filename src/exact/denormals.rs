@@ -33,8 +33,12 @@ mod mxcsr {
     pub(super) fn set(v: u32) {
         // SAFETY: `ldmxcsr` loads the register from a live, aligned `u32`; the values
         // written are a previous value of the register or one with only the FTZ/DAZ bits
-        // added, so no exception is unmasked (no reserved bit is set).
-        unsafe { core::arch::asm!("ldmxcsr [{}]", in(reg) &v as *const u32, options(nostack, readonly, preserves_flags)) };
+        // added, so no exception is unmasked (no reserved bit is set). Not `readonly`:
+        // declaring that it may write memory keeps the compiler from moving memory
+        // accesses and calls (faer's kernels) across it. The compiler knows nothing of
+        // the floating-point environment, so arithmetic in registers can still move:
+        // only code behind a call or a memory access is certain to run inside.
+        unsafe { core::arch::asm!("ldmxcsr [{}]", in(reg) &v as *const u32, options(nostack, preserves_flags)) };
     }
 }
 
@@ -87,7 +91,9 @@ mod tests {
         for par in [Par::Seq, Par::rayon(2)] {
             let before = mxcsr::get();
             assert_eq!(before & mxcsr::FTZ_DAZ, 0);
-            let (inside, product) = flushing_denormals(par, || (mxcsr::get(), std::hint::black_box(tiny) * std::hint::black_box(0.5f32)));
+            // the product goes through `black_box` (an opaque memory access) so that it is
+            // computed before the closure returns and the flag is restored
+            let (inside, product) = flushing_denormals(par, || (mxcsr::get(), std::hint::black_box(std::hint::black_box(tiny) * std::hint::black_box(0.5f32))));
             assert_eq!(inside & mxcsr::FTZ_DAZ, mxcsr::FTZ_DAZ);
             assert_eq!(product, 0.0);
             assert_eq!(mxcsr::get(), before);
