@@ -68,16 +68,16 @@ fn geco_moves_lambda_both_ways_and_divergence_is_reported() {
     // below target: lambda shrinks; above: it grows
     let mut l = Lambda::Geco(Geco::new(1.0, 10.0));
     for _ in 0..50 {
-        l.update(0.1);
+        l.update(0.1, f64::NAN);
     }
     assert!(l.value() < 10.0);
     let mut h = Lambda::Geco(Geco::new(1.0, 10.0));
     for _ in 0..50 {
-        h.update(10.0);
+        h.update(10.0, f64::NAN);
     }
     assert!(h.value() > 10.0);
     let mut f = Lambda::Fixed(2.0);
-    f.update(1e9);
+    f.update(1e9, 1e9);
     assert_eq!(f.value(), 2.0);
 
     // a divergence threshold below any achievable error stops training with an error

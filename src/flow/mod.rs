@@ -151,6 +151,13 @@ impl<T: Real> FlowGrads<T> {
 pub struct StepStats {
     /// Sum over self-normalizing layers of their batch-mean reconstruction error.
     pub reconstruction_error: f64,
+    /// The scale-free version: the mean over self-normalizing layers of
+    /// $\sum_j\lVert g(f(x_j)) - x_j\rVert^2 / \sum_j\lVert x_j\rVert^2$, each layer's
+    /// error relative to the second moment of its own input (0 without such layers). For a
+    /// linear layer with $RW = I + \Delta$ this is $\operatorname{tr}(\Delta\Sigma\Delta^T)/
+    /// \operatorname{tr}\Sigma$ ($\Sigma$ the input's second moment): unchanged when the data
+    /// are rescaled, what the adaptive λ steers (`proofs/lambda.md`).
+    pub relative_reconstruction_error: f64,
     /// Batch mean of $\log p_Z(z) + \sum$ data-dependent log-dets: the log-likelihood up to
     /// the (constant in $x$) data-independent log-dets, which training never computes.
     pub partial_log_prob: f64,
@@ -194,6 +201,15 @@ impl<T: Real> FlowWorkspace<T> {
     pub fn layer(&mut self, k: usize) -> Option<&mut Workspace<T>> {
         self.layers.get_mut(k)
     }
+}
+
+/// $\frac1B\sum_j\lVert x_j\rVert^2$ over the columns of `x`, in f64.
+fn mean_square_norm<T: Real>(x: MatRef<'_, T>) -> f64 {
+    let mut s = 0.0;
+    for j in 0..x.ncols() {
+        s += x.col(j).iter().map(|v| v.as_f64() * v.as_f64()).sum::<f64>();
+    }
+    s / x.ncols().max(1) as f64
 }
 
 fn zeros<T: Real>(d: usize, b: usize) -> Result<Mat<T>> {
@@ -426,7 +442,7 @@ impl<T: Real> Flow<T> {
         let k_top = self.layers.len();
         let top = self.shapes[k_top].dim();
         ws.delta[0].as_mut().subrows_mut(0, top).subcols_mut(0, b).copy_from(ws.dz.as_ref().subrows(0, top).subcols(0, b));
-        let mut recon = 0.0;
+        let (mut recon, mut relative, mut n_snf) = (0.0, 0.0, 0usize);
         let mut cur = 0;
         for k in (self.first_trainable..k_top).rev() {
             let (d, dn) = (self.shapes[k].dim(), self.shapes[k + 1].dim());
@@ -436,18 +452,26 @@ impl<T: Real> Flow<T> {
                 din.as_mut().subrows_mut(dn, d - dn).subcols_mut(0, b).copy_from(ws.dz.as_ref().subrows(dn, d - dn).subcols(0, b));
             }
             let tape = ws.tapes[k].take().ok_or(Error::StaleTape { reason: "no forward pass recorded" })?;
-            recon += self.layers[k].backward(
+            let xk = ws.h[k].as_ref().subrows(0, d).subcols(0, b);
+            let rk = self.layers[k].backward(
                 tape,
-                ws.h[k].as_ref().subrows(0, d).subcols(0, b),
+                xk,
                 din.as_ref().subrows(0, d).subcols(0, b),
                 dout.as_mut().subrows_mut(0, d).subcols_mut(0, b),
                 &mut grads.layers[k],
                 &mut ws.layers[k],
                 lambda,
             )?;
+            recon += rk;
+            if self.layers[k].as_self_normalizing().is_some() {
+                let energy = mean_square_norm(xk);
+                relative += if energy > 0.0 { rk / energy } else { rk };
+                n_snf += 1;
+            }
             cur ^= 1;
         }
-        Ok(StepStats { reconstruction_error: recon, partial_log_prob: partial })
+        let relative_reconstruction_error = if n_snf > 0 { relative / n_snf as f64 } else { 0.0 };
+        Ok(StepStats { reconstruction_error: recon, relative_reconstruction_error, partial_log_prob: partial })
     }
 
     /// The *exact* gradient of Eq. 3 for a flow with self-normalizing layers, on the same

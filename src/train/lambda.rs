@@ -1,12 +1,23 @@
-//! The reconstruction penalty λ: fixed, or a GECO-style Lagrange multiplier.
+//! The reconstruction penalty λ: fixed, a GECO-style multiplier on the absolute error, or
+//! (the default) an adaptive multiplier on the scale-free relative error.
 
 /// λ of Eq. 3.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Lambda {
     /// A constant λ.
     Fixed(f64),
-    /// A multiplier steered so that the reconstruction error tracks a target.
+    /// A multiplier steered so that the summed (absolute) reconstruction error tracks a target.
     Geco(Geco),
+    /// A multiplier steered so that the *relative* reconstruction error tracks a target: the
+    /// default, needs no tuning per data set (`proofs/lambda.md`).
+    Adaptive(Adaptive),
+}
+
+impl Default for Lambda {
+    /// [`Adaptive::default`].
+    fn default() -> Self {
+        Lambda::Adaptive(Adaptive::default())
+    }
 }
 
 /// A GECO-style multiplier (Rezende & Viola, 2018): with $C_t$ an exponential moving
@@ -17,7 +28,8 @@ pub enum Lambda {
 /// needs. The update is symmetric in log space (an error $k$ times the target grows λ as
 /// fast as an error $k$ times below shrinks it): a linear rule $\eta(C_t/c^\ast - 1)$ lets one
 /// spike of the error inflate λ by orders of magnitude that it then takes epochs to undo
-/// (seen on MNIST, `docs/results.md`).
+/// (seen on MNIST, `docs/results.md`). Its target is in the data's units: prefer
+/// [`Adaptive`], whose target is not.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Geco {
     /// Target reconstruction error $c^\ast$ (sum over layers, batch mean).
@@ -47,28 +59,154 @@ impl Geco {
     }
 }
 
+/// A proportional-integral controller on $\log\lambda$ that holds the **relative**
+/// reconstruction error $e_t$ ([`StepStats::relative_reconstruction_error`]: each
+/// self-normalizing layer's $\lVert g(f(x))-x\rVert^2$ over its input's $\lVert x\rVert^2$,
+/// averaged over layers) at a target $e^\ast$. With
+/// $u_t = \operatorname{clamp}(\log(e_t/e^\ast), -u_{max}, u_{max})$ and
+/// $m_t = \beta m_{t-1} + (1-\beta)u_t$ its moving average,
+///
+/// $$I_t = \operatorname{clamp}(I_{t-1} + k_i m_t),\qquad
+///   \log\lambda_t = \operatorname{clamp}(I_t + k_p m_t),$$
+///
+/// both clamped to $[\log\lambda_{min}, \log\lambda_{max}]$ (the integral's clamp is the
+/// anti-windup). It is dual ascent on the constraint $\log\bar e\le\log e^\ast$ plus a
+/// proportional term that reacts within the EMA's time constant instead of waiting for
+/// the integral, after ControlVAE (Shao et al., 2020). It lowers λ as readily as it raises
+/// it. Derivation, stability argument and what it guarantees: `proofs/lambda.md`.
+///
+/// [`StepStats::relative_reconstruction_error`]: crate::flow::StepStats::relative_reconstruction_error
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Adaptive {
+    /// The target relative error $e^\ast$.
+    pub target: f64,
+    /// The smallest target the divergence monitor may tighten to.
+    pub min_target: f64,
+    /// Proportional gain $k_p$ on $\log\lambda$.
+    pub gain_p: f64,
+    /// Integral gain $k_i$ per training step.
+    pub gain_i: f64,
+    /// Clamp $u_{max}$ on the log error ratio.
+    pub max_ratio_log: f64,
+    /// EMA factor $\beta$ of the log error ratio.
+    pub ema: f64,
+    /// Lower bound on λ.
+    pub min: f64,
+    /// Upper bound on λ.
+    pub max: f64,
+    /// Current λ.
+    pub lambda: f64,
+    /// The integral state $I_t$ ($\log\lambda$ without the proportional part).
+    pub integral: f64,
+    /// Current moving average $m_t$ of the clamped log error ratio (`None` before the
+    /// first update).
+    pub avg: Option<f64>,
+}
+
+/// The adaptive λ's default target for the relative reconstruction error.
+pub const DEFAULT_RELATIVE_TARGET: f64 = 1e-3;
+
+impl Default for Adaptive {
+    /// Target relative error $10^{-3}$, λ starting at 1 (the paper's), $k_p = 0.5$,
+    /// $k_i = 2\cdot10^{-3}$, EMA 0.98, $\lambda\in[10^{-3}, 10^{6}]$; the monitor may tighten the target to
+    /// $1/16$ of its start. Chosen from the analysis in `proofs/lambda.md` and the runs in
+    /// `docs/results.md` (MNIST, generated shapes, toy densities), not per data set.
+    fn default() -> Self {
+        Self::new(DEFAULT_RELATIVE_TARGET, 1.0)
+    }
+}
+
+impl Adaptive {
+    /// A controller holding the relative error at `target`, starting from `lambda`.
+    pub fn new(target: f64, lambda: f64) -> Self {
+        Self {
+            target,
+            min_target: target / 16.0,
+            gain_p: 0.5,
+            gain_i: 2e-3,
+            max_ratio_log: 3.0,
+            ema: 0.98,
+            min: 1e-3,
+            max: 1e6,
+            lambda,
+            integral: lambda.max(f64::MIN_POSITIVE).ln(),
+            avg: None,
+        }
+    }
+
+    fn update(&mut self, relative: f64) {
+        if !relative.is_finite() || self.target.is_nan() || self.target <= 0.0 {
+            return;
+        }
+        let u = (relative.max(f64::MIN_POSITIVE) / self.target).ln().clamp(-self.max_ratio_log, self.max_ratio_log);
+        // the average starts at 0 (no evidence either way), so no single step moves λ far
+        let m = self.ema * self.avg.unwrap_or(0.0) + (1.0 - self.ema) * u;
+        self.avg = Some(m);
+        let (lo, hi) = (self.min.ln(), self.max.ln());
+        self.integral = (self.integral + self.gain_i * m).clamp(lo, hi);
+        self.lambda = (self.integral + self.gain_p * m).clamp(lo, hi).exp();
+    }
+
+    /// The divergence monitor's reaction: halve the target (not below `min_target`) and
+    /// double λ's integral state at once. Returns whether anything changed.
+    fn tighten(&mut self) -> bool {
+        if self.target <= self.min_target {
+            return false;
+        }
+        self.target = (self.target / 2.0).max(self.min_target);
+        let (lo, hi) = (self.min.ln(), self.max.ln());
+        self.integral = (self.integral + std::f64::consts::LN_2).clamp(lo, hi);
+        self.lambda = self.integral.exp();
+        true
+    }
+}
+
 impl Lambda {
     /// The current λ.
     pub fn value(&self) -> f64 {
         match self {
             Lambda::Fixed(l) => *l,
             Lambda::Geco(g) => g.lambda,
+            Lambda::Adaptive(a) => a.lambda,
         }
     }
 
-    /// Feed one step's reconstruction error.
-    pub fn update(&mut self, reconstruction_error: f64) {
-        if let Lambda::Geco(g) = self {
-            if !reconstruction_error.is_finite() || g.target.is_nan() || g.target <= 0.0 {
-                return;
+    /// Feed one step's reconstruction error: the absolute (summed) one and the relative
+    /// one. Non-finite errors are ignored.
+    pub fn update(&mut self, reconstruction_error: f64, relative_reconstruction_error: f64) {
+        match self {
+            Lambda::Fixed(_) => {}
+            Lambda::Adaptive(a) => a.update(relative_reconstruction_error),
+            Lambda::Geco(g) => {
+                if !reconstruction_error.is_finite() || g.target.is_nan() || g.target <= 0.0 {
+                    return;
+                }
+                let avg = match g.avg {
+                    None => reconstruction_error,
+                    Some(a) => g.ema * a + (1.0 - g.ema) * reconstruction_error,
+                };
+                g.avg = Some(avg);
+                let step = g.rate * (avg.max(f64::MIN_POSITIVE) / g.target).ln();
+                g.lambda = (g.lambda * step.clamp(-0.1, 0.1).exp()).clamp(g.min, g.max);
             }
-            let avg = match g.avg {
-                None => reconstruction_error,
-                Some(a) => g.ema * a + (1.0 - g.ema) * reconstruction_error,
-            };
-            g.avg = Some(avg);
-            let step = g.rate * (avg.max(f64::MIN_POSITIVE) / g.target).ln();
-            g.lambda = (g.lambda * step.clamp(-0.1, 0.1).exp()).clamp(g.min, g.max);
+        }
+    }
+
+    /// React to a divergence alert: an [`Adaptive`] λ tightens its target (halves it, at
+    /// most down to its `min_target`) and doubles at once; a fixed or GECO λ is the user's
+    /// choice and is left alone. Returns whether λ changed.
+    pub fn react_to_divergence(&mut self) -> bool {
+        match self {
+            Lambda::Adaptive(a) => a.tighten(),
+            _ => false,
+        }
+    }
+
+    /// The relative-error target of an adaptive λ.
+    pub fn relative_target(&self) -> Option<f64> {
+        match self {
+            Lambda::Adaptive(a) => Some(a.target),
+            _ => None,
         }
     }
 }

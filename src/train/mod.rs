@@ -7,7 +7,7 @@
 mod json_f64;
 mod lambda;
 
-pub use lambda::{Geco, Lambda};
+pub use lambda::{Adaptive, Geco, Lambda};
 
 use std::time::Instant;
 
@@ -23,8 +23,10 @@ use crate::flow::{Flow, FlowGrads, FlowWorkspace};
 use crate::optim::{Adam, AdamConfig, AdamState};
 use crate::real::Real;
 
-/// Training settings. `Default` is the paper's FC setting (batch 100, lr 1e-4, λ = 1)
-/// with a one-epoch warm-up and no clipping.
+/// Training settings. `Default` is the paper's FC setting (batch 100, Adam lr 1e-4, the
+/// paper's 10-epoch learning-rate warm-up, no clipping) with the adaptive λ
+/// ([`Lambda::default`]) in place of the paper's hand-set λ = 1, and the divergence
+/// monitor on.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Epochs to run.
@@ -47,6 +49,13 @@ pub struct TrainConfig {
     /// Stop (with an error) when the summed reconstruction error of a batch exceeds this:
     /// the paper's "training diverged" with too small a λ.
     pub max_reconstruction_error: f64,
+    /// The divergence monitor: after every epoch past the warm-up, compare the relative
+    /// reconstruction error and the SNF-vs-exact angle with the previous epoch's, record
+    /// an [`Alert`] when either grew by more than this factor (the error only when it is
+    /// also above an adaptive λ's target; the angle only above 1°), and let λ react
+    /// ([`Lambda::react_to_divergence`]). `None`: off.
+    #[serde(default)]
+    pub divergence_factor: Option<f64>,
 }
 
 impl TrainConfig {
@@ -87,6 +96,28 @@ impl TrainConfig {
             Lambda::Geco(g) if !(g.ema >= 0.0 && g.ema < 1.0) => {
                 return Err(Error::InvalidConfig { field: "geco_ema", reason: format!("must be in [0, 1), got {}", g.ema) })
             }
+            Lambda::Adaptive(a) if !pos(a.target) => return bad("recon_target", a.target),
+            Lambda::Adaptive(a) if !(pos(a.min_target) && a.min_target <= a.target) => {
+                return Err(Error::InvalidConfig {
+                    field: "recon_target",
+                    reason: format!("need 0 < min_target <= target, got {} <= {}", a.min_target, a.target),
+                })
+            }
+            Lambda::Adaptive(a) if !(pos(a.gain_p) || a.gain_p == 0.0) || !pos(a.gain_i) || !pos(a.max_ratio_log) => {
+                return Err(Error::InvalidConfig {
+                    field: "lambda_gains",
+                    reason: format!("need gain_p >= 0, gain_i > 0, max_ratio_log > 0, got {}, {}, {}", a.gain_p, a.gain_i, a.max_ratio_log),
+                })
+            }
+            Lambda::Adaptive(a) if !(pos(a.lambda) && pos(a.min) && a.max >= a.min && a.lambda >= a.min && a.lambda <= a.max && a.integral.is_finite()) => {
+                return Err(Error::InvalidConfig {
+                    field: "lambda_bounds",
+                    reason: format!("need 0 < min <= lambda <= max, got {} <= {} <= {}", a.min, a.lambda, a.max),
+                })
+            }
+            Lambda::Adaptive(a) if !(a.ema >= 0.0 && a.ema < 1.0) => {
+                return Err(Error::InvalidConfig { field: "lambda_ema", reason: format!("must be in [0, 1), got {}", a.ema) })
+            }
             _ => {}
         }
         if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
@@ -98,6 +129,9 @@ impl TrainConfig {
         if self.max_reconstruction_error.is_nan() || self.max_reconstruction_error <= 0.0 {
             return bad("max_reconstruction_error", self.max_reconstruction_error);
         }
+        if let Some(f) = self.divergence_factor.filter(|f| !(f.is_finite() && *f > 1.0)) {
+            return Err(Error::InvalidConfig { field: "divergence_factor", reason: format!("must be a finite number above 1, got {f}") });
+        }
         Ok(())
     }
 }
@@ -108,14 +142,79 @@ impl Default for TrainConfig {
             epochs: 10,
             batch: 100,
             adam: AdamConfig { lr: 1e-4, ..Default::default() },
-            warmup_epochs: 1.0,
+            warmup_epochs: 10.0,
             clip_norm: None,
-            lambda: Lambda::Fixed(1.0),
+            lambda: Lambda::default(),
             seed: 0,
             angle_batches: 1,
             max_reconstruction_error: 1e6,
+            divergence_factor: Some(DEFAULT_DIVERGENCE_FACTOR),
         }
     }
+}
+
+/// The divergence monitor's default growth factor: an epoch-over-epoch rise of 25 %.
+pub const DEFAULT_DIVERGENCE_FACTOR: f64 = 1.25;
+
+/// Angles (degrees) below which a rising SNF-vs-exact angle is not reported: at that size
+/// it is measurement noise of a single batch, not a drifting inverse.
+const ANGLE_ALERT_FLOOR_DEG: f64 = 1.0;
+
+/// What the divergence monitor saw at the end of an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Alert {
+    /// The epoch's mean relative reconstruction error grew by more than the configured
+    /// factor over the previous epoch's.
+    ReconstructionRising {
+        /// The previous epoch's mean relative error.
+        previous: f64,
+        /// This epoch's.
+        current: f64,
+    },
+    /// The mean SNF-vs-exact angle on the forward weights (over self-normalizing layers)
+    /// grew by more than the factor and is above 1°.
+    AngleRising {
+        /// The previous epoch's mean angle, degrees.
+        previous: f64,
+        /// This epoch's.
+        current: f64,
+    },
+    /// λ reacted: an adaptive λ tightened its relative-error target to this value.
+    LambdaTightened {
+        /// The new target.
+        target: f64,
+    },
+}
+
+impl std::fmt::Display for Alert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Alert::ReconstructionRising { previous, current } => {
+                write!(f, "relative reconstruction error rising: {previous:.3e} -> {current:.3e}")
+            }
+            Alert::AngleRising { previous, current } => write!(f, "SNF-vs-exact angle on W rising: {previous:.2} -> {current:.2} deg"),
+            Alert::LambdaTightened { target } => write!(f, "adaptive lambda tightened its target to {target:.3e}"),
+        }
+    }
+}
+
+/// The monitor's comparison of one epoch with the previous one: the relative error grew
+/// by more than `factor` and is above `floor`, and/or the mean angle on the forward
+/// weights grew by more than `factor` and is above 1°.
+fn divergence_alerts(prev: &EpochRecord, relative: f64, angles_w: &[(usize, f64, f64)], factor: f64, floor: f64) -> Vec<Alert> {
+    let mut alerts = Vec::new();
+    let before = prev.relative_reconstruction_error;
+    if relative.is_finite() && relative > floor && before > 0.0 && relative > factor * before {
+        alerts.push(Alert::ReconstructionRising { previous: before, current: relative });
+    }
+    let mean = |a: &[(usize, f64, f64)]| if a.is_empty() { None } else { Some(a.iter().map(|t| t.1).sum::<f64>() / a.len() as f64) };
+    if let (Some(now), Some(before)) = (mean(angles_w), mean(&prev.angles_w)) {
+        if now > ANGLE_ALERT_FLOOR_DEG && now > factor * before {
+            alerts.push(Alert::AngleRising { previous: before, current: now });
+        }
+    }
+    alerts
 }
 
 /// What one epoch measured. Serialises to JSON with non-finite values as strings.
@@ -126,6 +225,10 @@ pub struct EpochRecord {
     /// Mean summed reconstruction error over the epoch's batches.
     #[serde(with = "json_f64")]
     pub reconstruction_error: f64,
+    /// Mean relative reconstruction error over the epoch's batches
+    /// ([`StepStats::relative_reconstruction_error`](crate::flow::StepStats::relative_reconstruction_error)).
+    #[serde(with = "json_f64", default)]
+    pub relative_reconstruction_error: f64,
     /// λ at the end of the epoch.
     #[serde(with = "json_f64")]
     pub lambda: f64,
@@ -153,6 +256,9 @@ pub struct EpochRecord {
     pub angles_w: Vec<(usize, f64, f64)>,
     /// Steps skipped because the loss or a gradient was not finite.
     pub skipped_steps: usize,
+    /// What the divergence monitor reported after this epoch (empty: nothing).
+    #[serde(default)]
+    pub alerts: Vec<Alert>,
 }
 
 /// What a training step reports to [`Trainer::epoch_with`]'s callback.
@@ -341,7 +447,8 @@ impl<T: Real> Trainer<T> {
         epoch_order(n, self.cfg.seed, epoch as u64, &mut order);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ epoch as u64);
         let warmup_steps = (self.cfg.warmup_epochs * steps_per_epoch as f64).max(0.0);
-        let (mut recon_sum, mut logp_sum, mut counted, mut skipped) = (0.0, 0.0, 0usize, 0usize);
+        let has_snf = self.flow.self_normalizing().next().is_some();
+        let (mut recon_sum, mut rel_sum, mut logp_sum, mut counted, mut skipped) = (0.0, 0.0, 0.0, 0usize, 0usize);
         let mut angle_samples: Vec<Vec<f64>> = vec![Vec::new(); self.flow.layers().len()];
         let mut angle_w_samples: Vec<Vec<f64>> = vec![Vec::new(); self.flow.layers().len()];
         let t0 = Instant::now();
@@ -403,8 +510,12 @@ impl<T: Real> Trainer<T> {
                 adam.set_lr(lr);
                 adam.step(layer.params_mut().into_iter().zip(g.blocks()))?;
             }
-            self.lambda.update(stats.reconstruction_error);
+            // a flow without learned inverses has no constraint to steer
+            if has_snf {
+                self.lambda.update(stats.reconstruction_error, stats.relative_reconstruction_error);
+            }
             recon_sum += stats.reconstruction_error;
+            rel_sum += stats.relative_reconstruction_error;
             logp_sum += stats.partial_log_prob;
             counted += 1;
             progress(&StepProgress {
@@ -439,9 +550,12 @@ impl<T: Real> Trainer<T> {
         };
         let (angles, angles_w) = (summarise(&angle_samples), summarise(&angle_w_samples));
         let c = counted.max(1) as f64;
+        let relative_reconstruction_error = rel_sum / c;
+        let alerts = self.monitor(relative_reconstruction_error, &angles_w);
         let record = EpochRecord {
             epoch,
             reconstruction_error: recon_sum / c,
+            relative_reconstruction_error,
             lambda: self.lambda.value(),
             train_partial_log_prob: logp_sum / c,
             val_nll,
@@ -451,9 +565,30 @@ impl<T: Real> Trainer<T> {
             angles,
             angles_w,
             skipped_steps: skipped,
+            alerts,
         };
         self.history.push(record.clone());
         Ok(record)
+    }
+
+    /// The divergence monitor (see [`TrainConfig::divergence_factor`]): compares this
+    /// epoch with the previous one once both are past the warm-up, and lets λ react.
+    fn monitor(&mut self, relative: f64, angles_w: &[(usize, f64, f64)]) -> Vec<Alert> {
+        let (Some(factor), Some(prev)) = (self.cfg.divergence_factor, self.history.last()) else {
+            return Vec::new();
+        };
+        if (prev.epoch as f64) <= self.cfg.warmup_epochs.ceil() || self.flow.self_normalizing().next().is_none() {
+            return Vec::new();
+        }
+        // an adaptive λ lets the error rise toward its target on purpose: only a rise past it counts
+        let floor = self.lambda.relative_target().unwrap_or(0.0);
+        let mut alerts = divergence_alerts(prev, relative, angles_w, factor, floor);
+        if !alerts.is_empty() && self.lambda.react_to_divergence() {
+            if let Some(target) = self.lambda.relative_target() {
+                alerts.push(Alert::LambdaTightened { target });
+            }
+        }
+        alerts
     }
 
     /// Exact NLL of `data` (nats per example, and bits per dimension) under the current
@@ -550,4 +685,46 @@ pub fn evaluate_given<T: Real, D: Dataset>(
     }
     let nll = total / n as f64;
     Ok((nll, nll / (flow.dim() as f64 * std::f64::consts::LN_2)))
+}
+
+#[cfg(test)]
+mod monitor_tests {
+    use super::*;
+
+    fn record(relative: f64, angle: f64) -> EpochRecord {
+        EpochRecord {
+            epoch: 5,
+            reconstruction_error: 0.0,
+            relative_reconstruction_error: relative,
+            lambda: 1.0,
+            train_partial_log_prob: 0.0,
+            val_nll: 0.0,
+            val_bpd: 0.0,
+            train_seconds: 0.0,
+            eval_seconds: 0.0,
+            angles: vec![],
+            angles_w: vec![(1, angle, 0.0), (3, angle, 0.0)],
+            skipped_steps: 0,
+            alerts: vec![],
+        }
+    }
+
+    #[test]
+    fn reports_a_rise_past_the_factor_and_nothing_below_it() {
+        let prev = record(1e-3, 2.0);
+        // 24 % more error and angle: under the 25 % factor, nothing
+        assert!(divergence_alerts(&prev, 1.24e-3, &[(1, 2.48, 0.0)], 1.25, 0.0).is_empty());
+        // 26 %: both reported, with the numbers
+        let a = divergence_alerts(&prev, 1.26e-3, &[(1, 2.52, 0.0)], 1.25, 0.0);
+        assert_eq!(a, vec![Alert::ReconstructionRising { previous: 1e-3, current: 1.26e-3 }, Alert::AngleRising { previous: 2.0, current: 2.52 }]);
+    }
+
+    #[test]
+    fn ignores_rises_below_the_target_and_below_one_degree() {
+        let prev = record(1e-4, 0.3);
+        // the error tripled but is still under the adaptive target 1e-3; the angle tripled to 0.9 deg
+        assert!(divergence_alerts(&prev, 3e-4, &[(1, 0.9, 0.0)], 1.25, 1e-3).is_empty());
+        // past the target it counts
+        assert_eq!(divergence_alerts(&prev, 2e-3, &[], 1.25, 1e-3).len(), 1);
+    }
 }

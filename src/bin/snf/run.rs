@@ -205,7 +205,7 @@ impl RunDir {
     /// hold exactly the epochs its checkpoint holds).
     pub fn write_metrics(&self, history: &[EpochRecord]) -> Result<()> {
         let mut csv = String::from(
-            "epoch,val_nll,val_bpd,train_seconds,eval_seconds,cumulative_train_seconds,reconstruction_error,lambda,train_partial_log_prob,skipped_steps,mean_angle_deg,mean_angle_w_deg\n",
+            "epoch,val_nll,val_bpd,train_seconds,eval_seconds,cumulative_train_seconds,reconstruction_error,lambda,train_partial_log_prob,skipped_steps,mean_angle_deg,mean_angle_w_deg,relative_reconstruction_error,alerts\n",
         );
         let mut jsonl = String::new();
         let mut cumulative = 0.0;
@@ -219,7 +219,7 @@ impl RunDir {
         for r in history {
             cumulative += r.train_seconds;
             csv.push_str(&format!(
-                "{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{}\n",
+                "{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{}\n",
                 r.epoch,
                 r.val_nll,
                 r.val_bpd,
@@ -231,7 +231,9 @@ impl RunDir {
                 r.train_partial_log_prob,
                 r.skipped_steps,
                 mean(&r.angles),
-                mean(&r.angles_w)
+                mean(&r.angles_w),
+                r.relative_reconstruction_error,
+                r.alerts.len()
             ));
             jsonl.push_str(&serde_json::to_string(r).map_err(|e| CliError::Usage(e.to_string()))?);
             jsonl.push('\n');

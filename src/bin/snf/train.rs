@@ -7,7 +7,7 @@ use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
 use snf::checkpoint::Checkpoint;
 use snf::optim::AdamConfig;
-use snf::train::{Geco, Lambda, TrainConfig, Trainer};
+use snf::train::{Adaptive, Geco, Lambda, TrainConfig, Trainer};
 use snf::Real;
 
 use crate::error::{CliError, Result};
@@ -28,9 +28,14 @@ pub struct Args {
     /// Peak learning rate [default: 1e-4 for fc, 1e-3 for conv, the paper's].
     #[arg(long)]
     lr: Option<f64>,
-    /// Reconstruction penalty λ (fixed).
-    #[arg(long, default_value_t = 1.0, conflicts_with = "geco_target")]
-    lambda: f64,
+    /// A fixed reconstruction penalty λ (the paper's; default: the adaptive λ, see
+    /// --recon-target). With --geco-target: GECO's starting λ [default: 1].
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// The adaptive λ's target for the relative reconstruction error (each
+    /// self-normalizing layer's |g(f(x)) - x|^2 over |x|^2). The default λ.
+    #[arg(long, conflicts_with_all = ["lambda", "geco_target"])]
+    recon_target: Option<f64>,
     /// Steer λ so that the summed reconstruction error tracks this target (GECO).
     #[arg(long)]
     geco_target: Option<f64>,
@@ -40,9 +45,13 @@ pub struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 100)]
     batch: usize,
-    /// Learning-rate warm-up in epochs.
-    #[arg(long, default_value_t = 1.0)]
+    /// Learning-rate warm-up in epochs (the paper's 10).
+    #[arg(long, default_value_t = 10.0)]
     warmup: f64,
+    /// Do not watch for a rising reconstruction error or gradient angle between epochs
+    /// (by default it is reported, and the adaptive λ tightens).
+    #[arg(long)]
+    no_divergence_monitor: bool,
     /// Clip the global gradient norm to this value.
     #[arg(long)]
     clip_norm: Option<f64>,
@@ -232,15 +241,16 @@ fn grad_name(g: Grad) -> &'static str {
 
 fn settings_from(a: &Args) -> Result<RunSettings> {
     let lr = a.lr.unwrap_or(if a.model == Model::Conv { 1e-3 } else { 1e-4 });
-    let lambda = match a.geco_target {
-        Some(t) => {
-            let mut g = Geco::new(t, a.lambda);
+    let lambda = match (a.geco_target, a.lambda) {
+        (Some(t), l) => {
+            let mut g = Geco::new(t, l.unwrap_or(1.0));
             if let Some(r) = a.geco_rate {
                 g.rate = r;
             }
             Lambda::Geco(g)
         }
-        None => Lambda::Fixed(a.lambda),
+        (None, Some(l)) => Lambda::Fixed(l),
+        (None, None) => Lambda::Adaptive(a.recon_target.map_or_else(Adaptive::default, |t| Adaptive::new(t, 1.0))),
     };
     let config = TrainConfig {
         epochs: a.epochs.unwrap_or(DEFAULT_EPOCHS),
@@ -251,6 +261,7 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         lambda,
         seed: a.seed,
         angle_batches: if a.grad == Grad::Snf { a.angle_batches } else { 0 },
+        divergence_factor: if a.no_divergence_monitor { None } else { TrainConfig::default().divergence_factor },
         ..Default::default()
     };
     // one validation, in the library; the error names the setting, here as its flag
@@ -262,6 +273,7 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
             "lambda" => "--lambda",
             "geco_target" => "--geco-target",
             "geco_rate" => "--geco-rate",
+            "recon_target" => "--recon-target",
             "clip_norm" => "--clip-norm",
             "warmup_epochs" => "--warmup",
             other => other,
@@ -351,7 +363,11 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
         dir.write_metrics(trainer.history())?;
         bar.finish_and_clear();
         if !quiet {
-            let recon = if snf_run { format!(", recon {:.3e}, lambda {:.3}", record.reconstruction_error, record.lambda) } else { String::new() };
+            let recon = if snf_run {
+                format!(", recon {:.3e} (relative {:.2e}), lambda {:.3}", record.reconstruction_error, record.relative_reconstruction_error, record.lambda)
+            } else {
+                String::new()
+            };
             eprintln!(
                 "epoch {epoch}/{total}: validation NLL {:.2} nats ({:.4} bits/dim), train {:.1} s{recon}{}",
                 record.val_nll,
@@ -359,6 +375,9 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
                 record.train_seconds,
                 if record.skipped_steps > 0 { format!(", {} steps skipped (non-finite)", record.skipped_steps) } else { String::new() }
             );
+            for alert in &record.alerts {
+                eprintln!("  divergence monitor: {alert}");
+            }
         }
     }
     // pictures a person can open
