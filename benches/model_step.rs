@@ -2,7 +2,8 @@
 //! forward + loss (with the reconstruction term) + backward + Adam, self-normalizing vs
 //! its exact twin, timed in the same run.
 //!
-//! - `fc2_step_f32`: the FC 2-layer model, its step split into the gradient sweep and
+//! - `fc2_step_f32`: the FC 2-layer model (self-normalizing, exact, and the relative-gradient
+//!   baseline of Table 1), its step split into the gradient sweep and
 //!   Adam, next to the GEMMs the self-normalizing step performs (12 products of
 //!   784 x 784 by 784 x 100: one forward and five backward per linear layer), and the
 //!   model's evaluation (`Flow::log_prob` with the cached log-det).
@@ -75,7 +76,7 @@ fn fc_step(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("fc2_step_f32");
     group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
-    for (name, gradient) in [("snf", Gradient::SelfNormalizing), ("exact", Gradient::Exact)] {
+    for (name, gradient) in [("snf", Gradient::SelfNormalizing), ("exact", Gradient::Exact), ("relative", Gradient::Relative)] {
         let flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, gradient, &mut snf::init::rng(0)).unwrap();
         bench_flow(&mut group, name, flow, gradient == Gradient::SelfNormalizing);
     }

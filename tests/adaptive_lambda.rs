@@ -28,8 +28,8 @@ fn settles_on_the_target_from_above_and_below() {
     // the equilibrium λ* = k / target: 50 (the error starts 50x too high) and 0.02 (50x too low)
     for lambda_star in [50.0, 0.02] {
         let (e, lam, _) = closed_loop(lambda_star * target, 1.0, 1.0, 4000);
-        // the linearised loop settles within 10 % in about 1400 steps (proofs/lambda.md); after
-        // 4000 the residual is far below 5 %, so 5 % fails only if the loop does not converge
+        // the loop settles within 10 % in about 2 900 steps from 50x off (proofs/lambda.md);
+        // after 4000 it is within 5 %, which fails if the loop does not converge
         assert!((e / target).ln().abs() < 0.05, "lambda* {lambda_star}: error {e:e} vs target {target:e}");
         assert!((lam / lambda_star).ln().abs() < 0.05, "lambda {lam} vs {lambda_star}");
     }
@@ -42,9 +42,9 @@ fn a_plant_that_lags_500_steps_does_not_make_it_oscillate() {
     let (e, lam, lambdas) = closed_loop(lambda_star * target, 1.0, 500.0, 10_000);
     assert!((e / target).ln().abs() < 0.05, "error {e:e}");
     assert!((lam / lambda_star).ln().abs() < 0.05, "lambda {lam}");
-    // λ overshoots its final value by 47 % here (the integral runs on while the plant
+    // λ overshoots its final value by 31 % here (the integral runs on while the plant
     // catches up) and then settles without ringing; 60 % fails if the loop loses damping.
-    // At a 1000-step lag it would overshoot 4x (proofs/lambda.md, Limits).
+    // At a 1000-step lag it would overshoot 3x (proofs/lambda.md, Limits).
     let peak = lambdas.iter().cloned().fold(0.0, f64::max);
     assert!(peak < 1.6 * lambda_star, "peak {peak} for lambda* {lambda_star}");
     let late = &lambdas[6000..];
@@ -58,7 +58,8 @@ fn the_divergence_reaction_halves_the_target_down_to_a_floor() {
     let l0 = lam.value();
     assert!(lam.react_to_divergence());
     assert_eq!(lam.relative_target(), Some(t0 / 2.0));
-    assert!((lam.value() / l0 - 2.0).abs() < 1e-12);
+    // no jump in λ: the integral moves it at its bounded rate from the next step on
+    assert_eq!(lam.value(), l0);
     let mut n = 1;
     while lam.react_to_divergence() {
         n += 1;

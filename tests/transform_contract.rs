@@ -26,8 +26,8 @@ use common::{gaussian, rng};
 use faer::{Mat, MatRef, Par};
 use snf::activation::{Elementwise, LeakyRelu, SmoothLeakyRelu, SplineActivation, SplineConfig};
 use snf::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
-use snf::layers::linear::{ExactLinear, SelfNormLinear};
-use snf::layers::{Preprocess, Split, Squeeze};
+use snf::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
+use snf::layers::{Preprocess, Split, Squeeze, Standardize};
 use snf::prelude::*;
 
 struct Case {
@@ -102,15 +102,34 @@ fn cases() -> Vec<Case> {
     let (kr, kc) = (s0.params()[0].value.nrows(), s0.params()[0].value.ncols());
     let split = Split::from_parts(Shape::image(4, 2, 2), gaussian(kr, kc, 0.2, &mut rng(20)), gaussian(4, 1, 0.2, &mut rng(21))).unwrap();
     out.push(Case { name: "split", t: Box::new(split), shape: Shape::image(4, 2, 2), x: flat(16, 1.0, 22) });
+    // the relative gradient's layer: its "gradient" is the exact one times W^T W (checked below)
+    let wr = Mat::from_fn(4, 4, |i, j| if i == j { 1.2 } else { 0.0 } + 0.3 * (((i * 5 + j * 3) % 7) as f64 / 7.0 - 0.5));
+    let rel = RelativeLinear::from_parts(wr, Some(gaussian(4, 1, 0.3, &mut rng(24)))).unwrap();
+    out.push(Case { name: "relative-linear", t: Box::new(rel), shape: Shape::flat(4), x: flat(4, 1.0, 25) });
+    // standardisation with unequal spreads (the log-det -sum log sigma is the static part)
+    let st = Standardize::new(vec![100.0, -3.0, 0.5, 0.0], vec![40.0, 0.1, 1.0, 2.5]).unwrap();
+    out.push(Case { name: "standardize", t: Box::new(st), shape: Shape::flat(4), x: flat(4, 3.0, 23) });
     out
 }
 
 #[test]
 fn every_builtin_transform_meets_the_contract() {
     let kinds: Vec<&str> = cases().iter().map(|c| c.t.kind()).collect();
-    for k in
-        ["preprocess", "snf-linear", "exact-linear", "snf-conv", "exact-conv", "smooth-leaky-relu", "leaky-relu", "elementwise", "spline", "squeeze", "split"]
-    {
+    for k in [
+        "preprocess",
+        "snf-linear",
+        "exact-linear",
+        "snf-conv",
+        "exact-conv",
+        "smooth-leaky-relu",
+        "leaky-relu",
+        "elementwise",
+        "spline",
+        "squeeze",
+        "split",
+        "standardize",
+        "relative-linear",
+    ] {
         assert!(kinds.contains(&k), "no contract case for {k}");
     }
     for case in cases() {
@@ -170,6 +189,24 @@ fn every_builtin_transform_meets_the_contract() {
             continue; // a finite inverse kernel is never exactly T(w)^{-1}: tests/conv_layer.rs checks it against the exact path
         }
         let loss = |tt: &dyn Transform<f64>| -objective(tt, case.x.as_ref(), c.as_ref()) / b as f64;
+        if name == "relative-linear" {
+            // the W block is (d loss / d W) W^T W; the bias block is the plain gradient
+            let w = t.params()[0].value.to_owned();
+            let fd = |k: usize, ii: usize, jj: usize| {
+                let mut tp = t.clone_box();
+                tp.params_mut()[k][(ii, jj)] += h;
+                let mut tm = t.clone_box();
+                tm.params_mut()[k][(ii, jj)] -= h;
+                (loss(&*tp) - loss(&*tm)) / (2.0 * h)
+            };
+            let g = Mat::from_fn(d, d, |ii, jj| fd(0, ii, jj));
+            let want = &g * w.transpose() * &w;
+            assert!(common::max_abs_diff(blocks[0].as_ref(), want.as_ref()) < 1e-6 * common::max_abs(want.as_ref()).max(1.0), "{name}: relative gradient");
+            for ii in 0..d {
+                assert!(close(blocks[1][(ii, 0)], fd(1, ii, 0), 1e-6), "{name}: bias gradient [{ii}]");
+            }
+            continue;
+        }
         for (k, pname) in names.iter().enumerate() {
             if sn && *pname == "r" {
                 continue; // R enters only p^g and the reconstruction term (tests/linear_gradients.rs)

@@ -56,8 +56,20 @@ impl<T: Real> std::fmt::Debug for Registry<T> {
 }
 
 /// The built-in kinds.
-const BUILTIN: [&str; 10] =
-    ["preprocess", "snf-linear", "exact-linear", "snf-conv", "exact-conv", "smooth-leaky-relu", "leaky-relu", "squeeze", "spline", "split"];
+const BUILTIN: [&str; 12] = [
+    "preprocess",
+    "snf-linear",
+    "exact-linear",
+    "relative-linear",
+    "snf-conv",
+    "exact-conv",
+    "smooth-leaky-relu",
+    "leaky-relu",
+    "squeeze",
+    "spline",
+    "split",
+    "standardize",
+];
 
 fn build_builtin<T: Real>(spec: &serde_json::Value, tensors: &mut LayerTensors<'_, T>) -> Result<Box<dyn Transform<T>>> {
     let spec: LayerSpec = serde_json::from_value(spec.clone()).map_err(|e| Error::InvalidArgument { op: "Registry::build", reason: e.to_string() })?;

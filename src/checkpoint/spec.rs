@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::activation::{LeakyRelu, SmoothLeakyRelu, SplineActivation, SplineConfig};
 use crate::error::{Error, Result};
 use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
-use crate::layers::linear::{ExactLinear, SelfNormLinear};
-use crate::layers::{Preprocess, Split, Squeeze};
+use crate::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
+use crate::layers::{Preprocess, Split, Squeeze, Standardize};
 use crate::real::Real;
 use crate::shape::Shape;
 use crate::transform::Transform;
@@ -40,6 +40,13 @@ pub enum LayerSpec {
     },
     /// [`ExactLinear`] (tensors `w`, `b`?).
     ExactLinear {
+        /// Dimension.
+        dim: usize,
+        /// Has a bias.
+        bias: bool,
+    },
+    /// [`RelativeLinear`] (tensors `w`, `b`?).
+    RelativeLinear {
         /// Dimension.
         dim: usize,
         /// Has a bias.
@@ -77,6 +84,13 @@ pub enum LayerSpec {
         /// Input shape `[C, H, W]`.
         shape: [usize; 3],
     },
+    /// [`Standardize`] (no tensors: its fixed statistics are stored here).
+    Standardize {
+        /// Per-dimension mean.
+        mean: Vec<f64>,
+        /// Per-dimension standard deviation.
+        std: Vec<f64>,
+    },
 }
 
 impl LayerSpec {
@@ -90,7 +104,7 @@ impl LayerSpec {
         };
         match self {
             LayerSpec::SnfLinear { bias: b, .. } => bias(*b, vec!["w", "r"]),
-            LayerSpec::ExactLinear { bias: b, .. } => bias(*b, vec!["w"]),
+            LayerSpec::ExactLinear { bias: b, .. } | LayerSpec::RelativeLinear { bias: b, .. } => bias(*b, vec!["w"]),
             LayerSpec::SnfConv(c) => bias(c.bias, vec!["w", "r"]),
             LayerSpec::ExactConv(c) => bias(c.bias, vec!["w"]),
             LayerSpec::Spline { .. } => vec!["widths", "heights", "slopes"],
@@ -116,6 +130,7 @@ impl LayerSpec {
         let mut next = || it.next().ok_or(Error::InvalidArgument { op: OP, reason: "missing tensor".into() });
         Ok(match self {
             LayerSpec::Preprocess { alpha } => Box::new(Preprocess::new(*alpha)?),
+            LayerSpec::Standardize { mean, std } => Box::new(Standardize::new(mean.clone(), std.clone())?),
             LayerSpec::SnfLinear { dim, bias } => {
                 let (w, r) = (next()?, next()?);
                 let b = if *bias { Some(next()?) } else { None };
@@ -127,6 +142,13 @@ impl LayerSpec {
                 let w = next()?;
                 let b = if *bias { Some(next()?) } else { None };
                 let l = ExactLinear::from_parts(w, b)?;
+                check_dim(OP, l.dim(), *dim)?;
+                Box::new(l)
+            }
+            LayerSpec::RelativeLinear { dim, bias } => {
+                let w = next()?;
+                let b = if *bias { Some(next()?) } else { None };
+                let l = RelativeLinear::from_parts(w, b)?;
                 check_dim(OP, l.dim(), *dim)?;
                 Box::new(l)
             }
@@ -171,7 +193,7 @@ impl LayerSpec {
             c.forward.in_channels.checked_mul(h).and_then(|v| v.checked_mul(w))
         };
         match self {
-            LayerSpec::SnfLinear { dim, .. } | LayerSpec::ExactLinear { dim, .. } => big(Some(*dim), "a linear layer"),
+            LayerSpec::SnfLinear { dim, .. } | LayerSpec::ExactLinear { dim, .. } | LayerSpec::RelativeLinear { dim, .. } => big(Some(*dim), "a linear layer"),
             LayerSpec::SnfConv(c) | LayerSpec::ExactConv(c) => big(conv_dim(c), "a convolution"),
             LayerSpec::Squeeze { shape } | LayerSpec::Split { shape } => Shape::from(*shape).checked_dim().map(|_| ()),
             _ => Ok(()),

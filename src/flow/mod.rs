@@ -146,6 +146,32 @@ impl<T: Real> FlowGrads<T> {
     }
 }
 
+/// How λ weighs each self-normalizing layer's reconstruction error $\lVert r_k\rVert^2 =
+/// \lVert g_k(f_k(h_k)) - h_k\rVert^2$ in the loss (Eq. 3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Penalty {
+    /// $\lambda\sum_k\lVert r_k\rVert^2$: the paper's Eq. 3. λ has the units of
+    /// nats per squared data unit, so the same λ means more or less at another data scale.
+    Absolute(f64),
+    /// $\lambda\sum_k D_k\,\overline{\lVert r_k\rVert^2}/\overline{\lVert h_k\rVert^2}$, the
+    /// batch means' ratio with the denominator held constant: each layer's error relative to
+    /// its input's second moment per dimension, so λ is dimensionless and means the same at
+    /// any data scale. It is Eq. 3 with the per-layer weight $\lambda_k =
+    /// \lambda D_k/\overline{\lVert h_k\rVert^2}$ (`proofs/lambda.md`, §2). What the adaptive λ uses.
+    Relative(f64),
+}
+
+impl Penalty {
+    /// λ for a layer of dimension `d` whose batch-mean squared input norm is `energy`.
+    fn weight(self, d: usize, energy: f64) -> f64 {
+        match self {
+            Penalty::Absolute(l) => l,
+            Penalty::Relative(l) if energy > 0.0 && energy.is_finite() => l * d as f64 / energy,
+            Penalty::Relative(l) => l,
+        }
+    }
+}
+
 /// What one training pass measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
@@ -426,10 +452,18 @@ impl<T: Real> Flow<T> {
     /// # Errors
     /// Shape errors, workspace/gradient mismatches, the transforms' own errors.
     pub fn gradients(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, lambda: T) -> Result<StepStats> {
-        crate::util::in_pool(ws.par, || self.gradients_in_pool(x, grads, ws, lambda))
+        self.gradients_with(x, grads, ws, Penalty::Absolute(lambda.as_f64()))
     }
 
-    fn gradients_in_pool(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, lambda: T) -> Result<StepStats> {
+    /// [`gradients`](Self::gradients) with the reconstruction penalty weighted as `penalty` says.
+    ///
+    /// # Errors
+    /// As [`gradients`](Self::gradients).
+    pub fn gradients_with(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, penalty: Penalty) -> Result<StepStats> {
+        crate::util::in_pool(ws.par, || self.gradients_in_pool(x, grads, ws, penalty))
+    }
+
+    fn gradients_in_pool(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, penalty: Penalty) -> Result<StepStats> {
         const OP: &str = "Flow::gradients";
         if grads.layers.len() != self.layers.len() {
             return Err(Error::InvalidArgument { op: OP, reason: "gradients made for another flow".into() });
@@ -453,6 +487,8 @@ impl<T: Real> Flow<T> {
             }
             let tape = ws.tapes[k].take().ok_or(Error::StaleTape { reason: "no forward pass recorded" })?;
             let xk = ws.h[k].as_ref().subrows(0, d).subcols(0, b);
+            let snf = self.layers[k].as_self_normalizing().is_some();
+            let energy = if snf { mean_square_norm(xk) } else { 0.0 };
             let rk = self.layers[k].backward(
                 tape,
                 xk,
@@ -460,11 +496,10 @@ impl<T: Real> Flow<T> {
                 dout.as_mut().subrows_mut(0, d).subcols_mut(0, b),
                 &mut grads.layers[k],
                 &mut ws.layers[k],
-                lambda,
+                T::from_f64(penalty.weight(d, energy)),
             )?;
             recon += rk;
-            if self.layers[k].as_self_normalizing().is_some() {
-                let energy = mean_square_norm(xk);
+            if snf {
                 relative += if energy > 0.0 { rk / energy } else { rk };
                 n_snf += 1;
             }
@@ -485,10 +520,20 @@ impl<T: Real> Flow<T> {
     /// [`Error::InvalidArgument`] if `ws` was not made by
     /// [`exact_workspace`](Self::exact_workspace); the transforms' and the LU's errors.
     pub fn exact_gradients(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, lambda: T) -> Result<()> {
-        crate::util::in_pool(ws.par, || self.exact_gradients_in_pool(x, grads, ws, lambda))
+        self.exact_gradients_with(x, grads, ws, Penalty::Absolute(lambda.as_f64()))
     }
 
-    fn exact_gradients_in_pool(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, lambda: T) -> Result<()> {
+    /// [`exact_gradients`](Self::exact_gradients) with the reconstruction penalty weighted as
+    /// `penalty` says (the same weights as [`gradients_with`](Self::gradients_with) on the
+    /// same batch, so the two gradients are of one objective).
+    ///
+    /// # Errors
+    /// As [`exact_gradients`](Self::exact_gradients).
+    pub fn exact_gradients_with(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, penalty: Penalty) -> Result<()> {
+        crate::util::in_pool(ws.par, || self.exact_gradients_in_pool(x, grads, ws, penalty))
+    }
+
+    fn exact_gradients_in_pool(&self, x: MatRef<'_, T>, grads: &mut FlowGrads<T>, ws: &mut FlowWorkspace<T>, penalty: Penalty) -> Result<()> {
         const OP: &str = "Flow::exact_gradients";
         if grads.layers.len() != self.layers.len() {
             return Err(Error::InvalidArgument { op: OP, reason: "gradients made for another flow".into() });
@@ -535,6 +580,8 @@ impl<T: Real> Flow<T> {
             }
             let (xf, xg) = (ws.h[k].as_ref().subrows(0, d).subcols(0, b), gc.y[k].as_ref().subrows(0, d).subcols(0, b));
             let layer = &self.layers[k];
+            let snf = layer.as_self_normalizing().is_some();
+            let lambda = T::from_f64(penalty.weight(d, if snf { mean_square_norm(xf) } else { 0.0 }));
             let lw = &mut ws.layers[k];
             match layer.as_self_normalizing() {
                 Some(s) => {

@@ -7,7 +7,7 @@ use super::Flow;
 use crate::activation::{SmoothLeakyRelu, SplineActivation, SplineConfig};
 use crate::error::{Error, Result};
 use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
-use crate::layers::linear::{ExactLinear, SelfNormLinear};
+use crate::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
 use crate::layers::{Preprocess, Squeeze};
 use crate::real::Real;
 use crate::shape::Shape;
@@ -26,6 +26,9 @@ pub enum Gradient {
     SelfNormalizing,
     /// The exact-gradient twin: plain flow layers trained with LU.
     Exact,
+    /// Plain linear layers trained with the relative gradient (Gresele et al., 2020): the
+    /// exact gradient times $W^TW$, no inverse (FC model only).
+    Relative,
 }
 
 /// "FC 2-Layer" (Table 1) on examples of shape `shape` ($D = C\cdot H\cdot W$): the logit
@@ -40,6 +43,7 @@ pub fn fc_two_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &mut
         Ok(match gradient {
             Gradient::SelfNormalizing => Box::new(SelfNormLinear::<T>::new(d, true, rng)?),
             Gradient::Exact => Box::new(ExactLinear::<T>::new(d, true, rng)?),
+            Gradient::Relative => Box::new(RelativeLinear::<T>::new(d, true, rng)?),
         })
     };
     let l1 = linear(rng)?;
@@ -59,6 +63,12 @@ pub fn fc_two_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &mut
 /// constructors' checks.
 pub fn conv_nine_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &mut R) -> Result<Flow<T>> {
     shape.checked_dim()?;
+    if gradient == Gradient::Relative {
+        return Err(Error::InvalidArgument {
+            op: "conv_nine_layer",
+            reason: "the relative gradient is defined for the FC model's dense layers, not for convolutions (use snf or exact)".into(),
+        });
+    }
     if !shape.h.is_multiple_of(4) || !shape.w.is_multiple_of(4) {
         return Err(Error::InvalidArgument { op: "conv_nine_layer", reason: format!("image sides must be divisible by 4 (two squeezes), got {shape}") });
     }
@@ -69,7 +79,7 @@ pub fn conv_nine_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &
             let cfg = SelfNormConv2dConfig::new(c, [h, w], 3);
             layers.push(match gradient {
                 Gradient::SelfNormalizing => Box::new(SelfNormConv2d::<T>::new(cfg, rng)?),
-                Gradient::Exact => Box::new(ExactConv2d::<T>::new(cfg, rng)?),
+                Gradient::Exact | Gradient::Relative => Box::new(ExactConv2d::<T>::new(cfg, rng)?),
             });
             if !(block == 2 && l == 2) {
                 layers.push(Box::new(SplineActivation::<T>::new(c * h * w, SplineConfig::default())?));

@@ -7,6 +7,7 @@
 //! | [`SmoothLeakyRelu`], [`LeakyRelu`], [`Elementwise`] | entry-wise bijections | none |
 //! | [`SplineActivation`] | per-entry rational-quadratic splines | `widths`, `heights`, `slopes` |
 //! | [`Preprocess`] | dequantised pixels to logit space | none |
+//! | [`Standardize`] | fixed per-dimension $(x-\mu)/\sigma$ (for unscaled tabular data) | none |
 //! | [`Squeeze`] | space-to-depth, $C\times H\times W\to 4C\times\frac H2\times\frac W2$ | none |
 //! | [`Split`] | factor out half the channels under a learned conditional Gaussian prior | `k`, `c` |
 //!
@@ -27,6 +28,7 @@ pub mod linear;
 mod preprocess;
 mod split;
 mod squeeze;
+mod standardize;
 
 pub use crate::activation::{Elementwise, LeakyRelu, SmoothLeakyRelu, SplineActivation};
 pub use conv::{ExactConv2d, SelfNormConv2d};
@@ -34,6 +36,7 @@ pub use linear::{ExactLinear, SelfNormLinear};
 pub use preprocess::Preprocess;
 pub use split::Split;
 pub use squeeze::Squeeze;
+pub use standardize::Standardize;
 
 /// What a backward pass measured on the batch.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -456,16 +456,16 @@ impl<T: Real> Trainer<T> {
         for s in 0..steps_per_epoch {
             let idx = &order[s * bsz..(s + 1) * bsz];
             load_dequantized(train, idx, &mut self.batch, &mut rng)?;
-            let lam = T::from_f64(self.lambda.value());
+            let penalty = self.lambda.penalty();
             let x = self.batch.as_ref();
             if s < self.cfg.angle_batches {
                 if let Some(eg) = self.exact_grads.as_mut() {
                     let ta = Instant::now();
-                    self.flow.exact_gradients(x, eg, &mut self.ws, lam)?;
+                    self.flow.exact_gradients_with(x, eg, &mut self.ws, penalty)?;
                     angle_time += ta.elapsed().as_secs_f64();
                 }
             }
-            let stats = match self.flow.gradients(x, &mut self.grads, &mut self.ws, lam) {
+            let stats = match self.flow.gradients_with(x, &mut self.grads, &mut self.ws, penalty) {
                 Ok(s) => s,
                 Err(e @ (Error::Singular { .. } | Error::NonFinite { .. })) => {
                     self.order = order;
@@ -583,7 +583,9 @@ impl<T: Real> Trainer<T> {
         // an adaptive λ lets the error rise toward its target on purpose: only a rise past it counts
         let floor = self.lambda.relative_target().unwrap_or(0.0);
         let mut alerts = divergence_alerts(prev, relative, angles_w, factor, floor);
-        if !alerts.is_empty() && self.lambda.react_to_divergence() {
+        // the controller already answers a rising error; what it cannot see is the angle
+        let angle = alerts.iter().any(|a| matches!(a, Alert::AngleRising { .. }));
+        if angle && self.lambda.react_to_divergence() {
             if let Some(target) = self.lambda.relative_target() {
                 alerts.push(Alert::LambdaTightened { target });
             }

@@ -56,6 +56,9 @@ pub enum Grad {
     Snf,
     /// The exact-gradient twin (LU every step).
     Exact,
+    /// FC model only: plain layers trained with the relative gradient (Gresele et al.,
+    /// 2020), no inverse (Table 1's baseline).
+    Relative,
 }
 
 /// Floating-point precision of the model.
@@ -313,6 +316,7 @@ pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
     let gradient = match s.grad {
         Grad::Snf => Gradient::SelfNormalizing,
         Grad::Exact => Gradient::Exact,
+        Grad::Relative => Gradient::Relative,
     };
     Ok(match s.model {
         Model::Fc => fc_two_layer::<T, _>(shape, gradient, &mut rng)?,

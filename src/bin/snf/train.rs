@@ -236,6 +236,7 @@ fn grad_name(g: Grad) -> &'static str {
     match g {
         Grad::Snf => "snf",
         Grad::Exact => "exact",
+        Grad::Relative => "relative",
     }
 }
 

@@ -22,10 +22,12 @@
 mod backward;
 mod exact_linear;
 mod forward;
+mod relative;
 mod transform;
 mod workspace;
 
 pub use exact_linear::{ExactLinear, ExactLinearGrads, ExactLinearWorkspace};
+pub use relative::{RelativeLinear, RelativeLinearWorkspace};
 pub use workspace::LinearWorkspace;
 
 use faer::{Mat, MatMut, MatRef};

@@ -1,9 +1,9 @@
-//! [`SelfNormLinear`] and [`ExactLinear`] as [`Transform`]s.
+//! [`SelfNormLinear`], [`ExactLinear`] and [`RelativeLinear`] as [`Transform`]s.
 
 use faer::{MatMut, MatRef, Par};
 use serde_json::json;
 
-use super::{ExactLinear, ExactLinearGrads, ExactLinearWorkspace, LinearGrads, LinearWorkspace, SelfNormLinear};
+use super::{ExactLinear, ExactLinearGrads, ExactLinearWorkspace, LinearGrads, LinearWorkspace, RelativeLinear, RelativeLinearWorkspace, SelfNormLinear};
 use crate::error::Result;
 use crate::real::Real;
 use crate::shape::{shape_error, Shape};
@@ -166,5 +166,57 @@ impl<T: Real> Transform<T> for ExactLinear<T> {
     }
     fn spec(&self) -> serde_json::Value {
         json!({"kind": "exact-linear", "dim": self.dim(), "bias": self.b.is_some()})
+    }
+}
+
+impl<T: Real> Transform<T> for RelativeLinear<T> {
+    fn kind(&self) -> &'static str {
+        "relative-linear"
+    }
+    fn output_shape(&self, input: Shape) -> Result<Shape> {
+        flat_output("RelativeLinear::output_shape", self.dim(), input)
+    }
+    fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
+        Workspace::new(RelativeLinearWorkspace::<T>::new(self.dim(), max_batch, par)?, max_batch, par)
+    }
+    fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, _logdet: &mut [f64], ws: &mut Workspace<T>) -> Result<Tape> {
+        RelativeLinear::forward(self, x, y, ws.buffers()?)?;
+        Ok(ws.record(x))
+    }
+    /// The *relative* gradient (not the gradient): the exact one times $W^TW$.
+    fn backward(
+        &self,
+        tape: Tape,
+        x: MatRef<'_, T>,
+        dy: MatRef<'_, T>,
+        dx: MatMut<'_, T>,
+        grads: &mut Grads<T>,
+        ws: &mut Workspace<T>,
+        _lambda: T,
+    ) -> Result<f64> {
+        ws.consume(tape, x)?;
+        RelativeLinear::backward(self, x, dy, dx, grads.downcast_mut()?, ws.buffers_mut()?).map(|_| 0.0)
+    }
+    fn inverse(&self, y: MatRef<'_, T>, x: MatMut<'_, T>, ws: &mut Workspace<T>) -> Result<()> {
+        RelativeLinear::inverse(self, y, x, ws.buffers_mut()?)
+    }
+    fn static_log_det(&self, _ws: &mut Workspace<T>) -> Result<f64> {
+        self.as_exact().log_abs_det()
+    }
+    fn params(&self) -> Vec<Param<'_, T>> {
+        let e = self.as_exact();
+        let mut v = vec![Param { name: "w", value: e.w() }];
+        v.extend(e.bias().map(|b| Param { name: "b", value: b }));
+        v
+    }
+    fn params_mut(&mut self) -> BlocksMut<'_, T> {
+        let (w, b) = self.parts_mut();
+        [Some(w.as_mut()), b.map(|b| b.as_mut())].into_iter().flatten().collect()
+    }
+    fn zero_grads(&self) -> Grads<T> {
+        Grads::new(RelativeLinear::zero_grads(self))
+    }
+    fn spec(&self) -> serde_json::Value {
+        json!({"kind": "relative-linear", "dim": self.dim(), "bias": self.as_exact().bias().is_some()})
     }
 }
