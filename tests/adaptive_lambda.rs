@@ -66,9 +66,17 @@ fn the_divergence_reaction_halves_the_target_down_to_a_floor() {
     }
     assert_eq!(n, 4, "1/16 of the start is four halvings");
     assert_eq!(lam.relative_target(), Some(t0 / 16.0));
+    // small angles relax it again, doubling, back to the start and no further
+    let mut r = 0;
+    while lam.react_to_accuracy() {
+        r += 1;
+    }
+    assert_eq!(r, 4);
+    assert_eq!(lam.relative_target(), Some(t0));
     // fixed λ is the user's choice
     let mut fixed = Lambda::Fixed(0.5);
     assert!(!fixed.react_to_divergence());
+    assert!(!fixed.react_to_accuracy());
     assert_eq!(fixed.value(), 0.5);
 }
 
