@@ -84,9 +84,6 @@ pub struct Adaptive {
     pub target: f64,
     /// The smallest target the divergence monitor may tighten to.
     pub min_target: f64,
-    /// The largest target it may relax back to (the starting target).
-    #[serde(default)]
-    pub max_target: f64,
     /// Proportional gain $k_p$ on $\log\lambda$.
     pub gain_p: f64,
     /// Integral gain $k_i$ per training step.
@@ -132,7 +129,6 @@ impl Adaptive {
         Self {
             target,
             min_target: target / 16.0,
-            max_target: target,
             gain_p: 0.5,
             gain_i: 2e-3,
             max_ratio_log: 1.0,
@@ -167,16 +163,6 @@ impl Adaptive {
             return false;
         }
         self.target = (self.target / 2.0).max(self.min_target);
-        true
-    }
-
-    /// The monitor's other reaction, when the angles are small: double the target again,
-    /// at most back to `max_target`. Returns whether anything changed.
-    fn relax(&mut self) -> bool {
-        if self.target >= self.max_target {
-            return false;
-        }
-        self.target = (self.target * 2.0).min(self.max_target);
         true
     }
 }
@@ -229,17 +215,6 @@ impl Lambda {
         match self {
             Lambda::Adaptive(a) if a.relative_penalty => Penalty::Relative(a.lambda),
             other => Penalty::Absolute(other.value()),
-        }
-    }
-
-    /// The gradient is accurate (the monitor saw small angles): an [`Adaptive`] λ doubles
-    /// its target back toward where it started, so that a tightening does not hold λ (and
-    /// its pull on the likelihood) higher than needed for the rest of the run. Returns
-    /// whether the target changed.
-    pub fn react_to_accuracy(&mut self) -> bool {
-        match self {
-            Lambda::Adaptive(a) => a.relax(),
-            _ => false,
         }
     }
 

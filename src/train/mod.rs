@@ -167,11 +167,6 @@ const ANGLE_ALERT_FLOOR_DEG: f64 = 1.0;
 const ANGLE_LARGE_ALL_DEG: f64 = 30.0;
 const ANGLE_LARGE_W_DEG: f64 = 5.0;
 
-/// Below both of these (degrees, all blocks and W) the gradient is accurate enough that a
-/// tightened adaptive target is relaxed again (doubled, up to where it started).
-const ANGLE_SMALL_ALL_DEG: f64 = 10.0;
-const ANGLE_SMALL_W_DEG: f64 = 1.0;
-
 /// What the divergence monitor saw at the end of an epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -200,12 +195,6 @@ pub enum Alert {
         /// Mean angle on the forward weights, degrees.
         w: f64,
     },
-    /// The angles were small (under 10° over all blocks and 1° on W) and an adaptive λ
-    /// relaxed a tightened target to this value.
-    LambdaRelaxed {
-        /// The new target.
-        target: f64,
-    },
     /// λ reacted: an adaptive λ tightened its relative-error target to this value.
     LambdaTightened {
         /// The new target.
@@ -223,7 +212,6 @@ impl std::fmt::Display for Alert {
             Alert::AngleLarge { all_blocks, w } => {
                 write!(f, "SNF-vs-exact angle large: {all_blocks:.1} deg over all blocks, {w:.2} deg on W")
             }
-            Alert::LambdaRelaxed { target } => write!(f, "angles small: adaptive lambda relaxed its target to {target:.3e}"),
             Alert::LambdaTightened { target } => write!(f, "adaptive lambda tightened its target to {target:.3e}"),
         }
     }
@@ -633,12 +621,6 @@ impl<T: Real> Trainer<T> {
         if angle && self.lambda.react_to_divergence() {
             if let Some(target) = self.lambda.relative_target() {
                 alerts.push(Alert::LambdaTightened { target });
-            }
-        }
-        let mean = |a: &[(usize, f64, f64)]| if a.is_empty() { f64::INFINITY } else { a.iter().map(|t| t.1).sum::<f64>() / a.len() as f64 };
-        if alerts.is_empty() && mean(angles) < ANGLE_SMALL_ALL_DEG && mean(angles_w) < ANGLE_SMALL_W_DEG && self.lambda.react_to_accuracy() {
-            if let Some(target) = self.lambda.relative_target() {
-                alerts.push(Alert::LambdaRelaxed { target });
             }
         }
         alerts
