@@ -144,7 +144,7 @@ impl<T: Real> RelativeLinear<T> {
         self.inner.inverse(z, x, &mut ws.exact)
     }
 
-    pub(crate) fn parts_mut(&mut self) -> (&mut Mat<T>, Option<&mut Mat<T>>) {
-        (&mut self.inner.w, self.inner.b.as_mut())
+    pub(crate) fn as_exact_mut(&mut self) -> &mut ExactLinear<T> {
+        &mut self.inner
     }
 }

@@ -203,15 +203,12 @@ impl<T: Real> Transform<T> for RelativeLinear<T> {
     fn static_log_det(&self, _ws: &mut Workspace<T>) -> Result<f64> {
         self.as_exact().log_abs_det()
     }
+    // the same parameters, in the same order, as the exact twin it wraps
     fn params(&self) -> Vec<Param<'_, T>> {
-        let e = self.as_exact();
-        let mut v = vec![Param { name: "w", value: e.w() }];
-        v.extend(e.bias().map(|b| Param { name: "b", value: b }));
-        v
+        Transform::params(self.as_exact())
     }
     fn params_mut(&mut self) -> BlocksMut<'_, T> {
-        let (w, b) = self.parts_mut();
-        [Some(w.as_mut()), b.map(|b| b.as_mut())].into_iter().flatten().collect()
+        Transform::params_mut(self.as_exact_mut())
     }
     fn zero_grads(&self) -> Grads<T> {
         Grads::new(RelativeLinear::zero_grads(self))
