@@ -122,6 +122,29 @@ impl<T: Real> ExactLinear<T> {
         Ok(x.ncols())
     }
 
+    /// The checks of a backward pass (shared with [`RelativeLinear`](super::RelativeLinear),
+    /// whose workspace holds one of these): `x`, `dz` and `dx` (its shape) are `D x B` with
+    /// `B` fitting `ws`, and `grads` were made for this layer. Returns `B`.
+    pub(super) fn check_backward(
+        &self,
+        op: &'static str,
+        ws: &ExactLinearWorkspace<T>,
+        x: MatRef<'_, T>,
+        dz: MatRef<'_, T>,
+        dx: (usize, usize),
+        grads: &ExactLinearGrads<T>,
+    ) -> Result<usize> {
+        let b = self.check(op, ws, x)?;
+        let d = self.dim();
+        check_shape(op, (d, b), (dz.nrows(), dz.ncols()))?;
+        check_shape(op, (d, b), dx)?;
+        check_shape(op, (d, d), (grads.w.nrows(), grads.w.ncols()))?;
+        if self.b.is_some() != grads.b.is_some() {
+            return Err(Error::InvalidArgument { op, reason: "bias presence differs".into() });
+        }
+        Ok(b)
+    }
+
     /// $z = Wx + b$.
     ///
     /// # Errors
@@ -148,15 +171,7 @@ impl<T: Real> ExactLinear<T> {
         grads: &mut ExactLinearGrads<T>,
         ws: &mut ExactLinearWorkspace<T>,
     ) -> Result<()> {
-        const OP: &str = "ExactLinear::backward";
-        let b = self.check(OP, ws, x)?;
-        let d = self.dim();
-        check_shape(OP, (d, b), (dz.nrows(), dz.ncols()))?;
-        check_shape(OP, (d, b), (dx.nrows(), dx.ncols()))?;
-        check_shape(OP, (d, d), (grads.w.nrows(), grads.w.ncols()))?;
-        if self.b.is_some() != grads.b.is_some() {
-            return Err(Error::InvalidArgument { op: OP, reason: "bias presence differs".into() });
-        }
+        let b = self.check_backward("ExactLinear::backward", ws, x, dz, (dx.nrows(), dx.ncols()), grads)?;
         let one = T::from_f64(1.0);
         let mut dx = dx;
         matmul(dx.rb_mut(), Accum::Replace, self.w.transpose(), dz, one, ws.par);

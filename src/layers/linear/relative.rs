@@ -8,7 +8,7 @@ use faer::{unzip, zip, Accum, Mat, MatMut, MatRef, Par};
 use rand::Rng;
 
 use super::exact_linear::{ExactLinear, ExactLinearGrads, ExactLinearWorkspace};
-use crate::error::{check_shape, Error, Result};
+use crate::error::{Error, Result};
 use crate::real::Real;
 use crate::util::set_scaled_row_sums;
 
@@ -108,18 +108,8 @@ impl<T: Real> RelativeLinear<T> {
         grads: &mut ExactLinearGrads<T>,
         ws: &mut RelativeLinearWorkspace<T>,
     ) -> Result<()> {
-        const OP: &str = "RelativeLinear::backward";
-        let (d, b) = (self.dim(), x.ncols());
-        check_shape(OP, (d, b), (x.nrows(), x.ncols()))?;
-        check_shape(OP, (d, b), (dz.nrows(), dz.ncols()))?;
-        check_shape(OP, (d, b), (dx.nrows(), dx.ncols()))?;
-        check_shape(OP, (d, d), (grads.w.nrows(), grads.w.ncols()))?;
-        if b == 0 || b > ws.u.ncols() || ws.u.nrows() != d {
-            return Err(Error::InvalidArgument { op: OP, reason: "workspace does not fit this layer/batch".into() });
-        }
-        if self.inner.b.is_some() != grads.b.is_some() {
-            return Err(Error::InvalidArgument { op: OP, reason: "bias presence differs".into() });
-        }
+        // ws.u and ws.v were sized with ws.exact, so its checks cover them
+        let b = self.inner.check_backward("RelativeLinear::backward", &ws.exact, x, dz, (dx.nrows(), dx.ncols()), grads)?;
         let (one, par) = (T::from_f64(1.0), ws.par);
         let w = self.inner.w.as_ref();
         let mut dx = dx;
