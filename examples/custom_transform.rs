@@ -130,7 +130,7 @@ fn main() -> snf::Result<()> {
         let r = trainer.epoch(&train, &valid)?;
         // per self-normalizing layer: the angle on W alone (the log-det surrogate's block) and
         // on all of its blocks (W, R, b), mean over the measured batches
-        let mean = |v: &[(usize, f64, f64)]| v.iter().map(|a| a.1).sum::<f64>() / v.len().max(1) as f64;
+        let mean = |v: &[(usize, f64, f64)]| snf::train::mean_angle(v).unwrap_or(0.0);
         println!(
             "epoch {:2}: validation NLL {:.4} nats, reconstruction {:.2e}, SNF-vs-exact angle: W {:.3} deg, all blocks {:.2} deg",
             r.epoch,

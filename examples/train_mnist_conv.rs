@@ -24,7 +24,7 @@ fn run(name: &str, snf_model: bool, epochs: usize, mnist: &Mnist) -> Result<(), 
     println!("epoch  val NLL (nats)  val bits/dim  train s/epoch  recon err  mean angle all / W (deg)  skipped");
     for _ in 0..epochs {
         let r = trainer.epoch(&mnist.train, &mnist.valid)?;
-        let mean = |v: &[(usize, f64, f64)]| if v.is_empty() { f64::NAN } else { v.iter().map(|a| a.1).sum::<f64>() / v.len() as f64 };
+        let mean = |v: &[(usize, f64, f64)]| snf::train::mean_angle(v).unwrap_or(f64::NAN);
         println!(
             "{:>5}  {:>14.2}  {:>12.4}  {:>13.2}  {:>9.2e}  {:>12.3} / {:>9.4}  {:>7}",
             r.epoch,

@@ -83,7 +83,7 @@ fn main() -> snf::Result<()> {
         for _ in 0..epochs {
             let rs = s.epoch(&train, &valid)?;
             let re = e.epoch(&train, &valid)?;
-            let angle = rs.angles_w.iter().map(|a| a.1).sum::<f64>() / rs.angles_w.len().max(1) as f64;
+            let angle = snf::train::mean_angle(&rs.angles_w).unwrap_or(0.0);
             let gap = rs.val_nll - re.val_nll;
             let alerts: Vec<String> = rs.alerts.iter().map(|a| a.to_string()).collect();
             println!(

@@ -217,6 +217,16 @@ impl std::fmt::Display for Alert {
     }
 }
 
+/// The mean over layers of per-layer angle summaries `(layer, mean, sd)`, as in
+/// [`EpochRecord::angles`] and [`EpochRecord::angles_w`]; `None` when no angle was measured.
+pub fn mean_angle(angles: &[(usize, f64, f64)]) -> Option<f64> {
+    if angles.is_empty() {
+        None
+    } else {
+        Some(angles.iter().map(|a| a.1).sum::<f64>() / angles.len() as f64)
+    }
+}
+
 /// The monitor's comparison of one epoch with the previous one: the relative error grew
 /// by more than `factor` and is above `floor`, and/or the mean angle on the forward
 /// weights grew by more than `factor` and is above 1°.
@@ -229,19 +239,18 @@ fn divergence_alerts(
     floor: f64,
 ) -> Vec<Alert> {
     let mut alerts = Vec::new();
-    let mean = |a: &[(usize, f64, f64)]| if a.is_empty() { None } else { Some(a.iter().map(|t| t.1).sum::<f64>() / a.len() as f64) };
     if let Some(prev) = prev {
         let before = prev.relative_reconstruction_error;
         if relative.is_finite() && relative > floor && before > 0.0 && relative > factor * before {
             alerts.push(Alert::ReconstructionRising { previous: before, current: relative });
         }
-        if let (Some(now), Some(before)) = (mean(angles_w), mean(&prev.angles_w)) {
+        if let (Some(now), Some(before)) = (mean_angle(angles_w), mean_angle(&prev.angles_w)) {
             if now > ANGLE_ALERT_FLOOR_DEG && now > factor * before {
                 alerts.push(Alert::AngleRising { previous: before, current: now });
             }
         }
     }
-    let (all, w) = (mean(angles).unwrap_or(0.0), mean(angles_w).unwrap_or(0.0));
+    let (all, w) = (mean_angle(angles).unwrap_or(0.0), mean_angle(angles_w).unwrap_or(0.0));
     if all > ANGLE_LARGE_ALL_DEG || w > ANGLE_LARGE_W_DEG {
         alerts.push(Alert::AngleLarge { all_blocks: all, w });
     }

@@ -212,13 +212,7 @@ impl RunDir {
         );
         let mut jsonl = String::new();
         let mut cumulative = 0.0;
-        let mean = |v: &[(usize, f64, f64)]| {
-            if v.is_empty() {
-                f64::NAN
-            } else {
-                v.iter().map(|a| a.1).sum::<f64>() / v.len() as f64
-            }
-        };
+        let mean = |v: &[(usize, f64, f64)]| snf::train::mean_angle(v).unwrap_or(f64::NAN);
         for r in history {
             cumulative += r.train_seconds;
             csv.push_str(&format!(
