@@ -224,6 +224,30 @@ impl<T: Real> Splittable for MatRef<'_, T> {
     }
 }
 
+impl<T: Real> Splittable for crate::conv::chunk::BatchMut<'_, T> {
+    fn ncols(&self) -> usize {
+        MatMut::ncols(self)
+    }
+    fn nrows(&self) -> usize {
+        MatMut::nrows(self)
+    }
+    fn split(self, at: usize) -> (Self, Self) {
+        self.split_at_col_mut(at)
+    }
+}
+
+impl<T: Real> Splittable for crate::conv::chunk::BatchRef<'_, T> {
+    fn ncols(&self) -> usize {
+        MatRef::ncols(self)
+    }
+    fn nrows(&self) -> usize {
+        MatRef::nrows(self)
+    }
+    fn split(self, at: usize) -> (Self, Self) {
+        self.split_at_col(at)
+    }
+}
+
 /// Per-column scalars (e.g. per-example log-dets) split along with the columns.
 impl Splittable for &mut [f64] {
     fn ncols(&self) -> usize {

@@ -63,6 +63,26 @@ fn every_layer_kind_round_trips_bit_for_bit() {
 }
 
 #[test]
+fn the_conv_baselines_round_trip_bit_for_bit() {
+    use snf::flow::models::{conv_nine_layer_with, ConvMixing};
+    for (seed, mixing) in [ConvMixing::Emerging, ConvMixing::ConvExp].into_iter().enumerate() {
+        let flow = conv_nine_layer_with::<f64, _>(snf::data::mnist::SHAPE, mixing, &mut snf::init::rng(3 + seed as u64)).unwrap();
+        let ck = Checkpoint::new(flow).unwrap();
+        let back = Checkpoint::<f64>::from_bytes(&ck.to_bytes().unwrap(), "t").unwrap();
+        assert!(same_params(&ck.flow, &back.flow), "{mixing:?}");
+        assert_eq!(back.static_log_det.to_bits(), ck.static_log_det.to_bits(), "{mixing:?}");
+        let x = Mat::from_fn(784, 2, |i, j| ((i * 7 + j * 13) % 256) as f64 + 0.5);
+        let (mut a, mut b) = ([0.0; 2], [0.0; 2]);
+        let mut wa = ck.flow.workspace(2, Par::Seq).unwrap();
+        let mut wb = back.flow.workspace(2, Par::Seq).unwrap();
+        ck.flow.log_prob_given(x.as_ref(), ck.static_log_det, &mut wa, &mut a).unwrap();
+        back.flow.log_prob_given(x.as_ref(), back.static_log_det, &mut wb, &mut b).unwrap();
+        assert_eq!(a, b, "{mixing:?}");
+        assert!(a.iter().all(|v| v.is_finite()), "{mixing:?}: {a:?}");
+    }
+}
+
+#[test]
 fn f32_checkpoints_load_as_f64_exactly() {
     let fc = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(4)).unwrap();
     let ck = Checkpoint::new(fc).unwrap();

@@ -124,7 +124,7 @@ fn conv_steps(par: Par) -> usize {
 /// transform's (parameter, gradient) pairs) through the `Transform` API: the FC model,
 /// the conv model and a multi-scale flow with a split, at small image shapes.
 fn flow_steps(par: Par) -> Vec<(&'static str, usize)> {
-    use snf::flow::models::{conv_nine_layer, fc_two_layer, Gradient};
+    use snf::flow::models::{conv_nine_layer, conv_nine_layer_with, fc_two_layer, ConvMixing, Gradient};
     use snf::flow::Flow;
     use snf::prelude::{Shape, Split, Squeeze};
     let shape = Shape::image(1, 8, 8);
@@ -141,6 +141,8 @@ fn flow_steps(par: Par) -> Vec<(&'static str, usize)> {
         ("fc", fc_two_layer::<f32, _>(shape, Gradient::SelfNormalizing, &mut rng).unwrap()),
         ("conv", conv_nine_layer::<f32, _>(shape, Gradient::SelfNormalizing, &mut rng).unwrap()),
         ("multiscale", multiscale),
+        ("conv-emerging", conv_nine_layer_with::<f32, _>(shape, ConvMixing::Emerging, &mut rng).unwrap()),
+        ("conv-exp", conv_nine_layer_with::<f32, _>(shape, ConvMixing::ConvExp, &mut rng).unwrap()),
     ];
     let b = 16;
     let x = Mat::<f32>::from_fn(64, b, |i, j| ((i * 7 + j * 13) % 255) as f32 + 0.5);

@@ -27,7 +27,7 @@ use faer::{Mat, MatRef, Par};
 use snf::activation::{Elementwise, LeakyRelu, SmoothLeakyRelu, SplineActivation, SplineConfig};
 use snf::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use snf::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
-use snf::layers::{Preprocess, Split, Squeeze, Standardize};
+use snf::layers::{AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, Direction, InvConv1x1, Preprocess, Split, Squeeze, Standardize};
 use snf::prelude::*;
 
 struct Case {
@@ -109,6 +109,31 @@ fn cases() -> Vec<Case> {
     // standardisation with unequal spreads (the log-det -sum log sigma is the static part)
     let st = Standardize::new(vec![100.0, -3.0, 0.5, 0.0], vec![40.0, 0.1, 1.0, 2.5]).unwrap();
     out.push(Case { name: "standardize", t: Box::new(st), shape: Shape::flat(4), x: flat(4, 3.0, 23) });
+    // the Table 1 conv baselines on 2x3x3: a non-orthogonal 1x1 mixing, both triangles of
+    // the autoregressive convolution, and the convolution exponential with its norm
+    // rescaling inactive (rho < c) and active (rho > c); the series is cut at 1e-13 so the
+    // truncated map's log-det is tr(M) to far below the tolerance
+    let img = Shape::image(2, 3, 3);
+    let w1 = Mat::from_fn(2, 2, |i, j| if i == j { 1.1 } else { 0.0 } + 0.4 * ((i * 2 + j) as f64 - 1.5));
+    out.push(Case { name: "inv-conv1x1", t: Box::new(InvConv1x1::from_parts(img, w1).unwrap()), shape: img, x: flat(18, 1.0, 26) });
+    for (k, dir) in [Direction::Lower, Direction::Upper].into_iter().enumerate() {
+        let cfg = AutoregressiveConv2dConfig::new(2, [3, 3], dir);
+        let mut ar = AutoregressiveConv2d::<f64>::new(cfg, &mut rng(27 + k as u64)).unwrap();
+        for (j, mut p) in ar.params_mut().into_iter().enumerate() {
+            let n = gaussian(p.nrows(), p.ncols(), 0.2, &mut rng(29 + 2 * k as u64 + j as u64));
+            faer::zip!(p.as_mut(), n.as_ref()).for_each(|faer::unzip!(p, n)| *p += *n);
+        }
+        let name = if k == 0 { "autoregressive-conv (lower)" } else { "autoregressive-conv (upper)" };
+        out.push(Case { name, t: Box::new(ar), shape: img, x: flat(18, 1.0, 33 + k as u64) });
+    }
+    for (k, std) in [0.02, 0.3].into_iter().enumerate() {
+        let cfg = ConvExpConfig::new(2, [3, 3]).with_tolerance(1e-13);
+        let ce = ConvExp::from_parts(cfg, gaussian(18, 2, std, &mut rng(35 + k as u64)), Some(gaussian(2, 1, 0.3, &mut rng(37)))).unwrap();
+        let rho = ce.norm_bound();
+        assert!((k == 0) == (rho < cfg.coeff), "conv-exp case {k}: rho {rho}");
+        let name = if k == 0 { "conv-exp (rho < c)" } else { "conv-exp (rescaled)" };
+        out.push(Case { name, t: Box::new(ce), shape: img, x: flat(18, 1.0, 38 + k as u64) });
+    }
     out
 }
 
@@ -129,6 +154,9 @@ fn every_builtin_transform_meets_the_contract() {
         "split",
         "standardize",
         "relative-linear",
+        "inv-conv1x1",
+        "autoregressive-conv",
+        "conv-exp",
     ] {
         assert!(kinds.contains(&k), "no contract case for {k}");
     }

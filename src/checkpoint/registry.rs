@@ -56,7 +56,7 @@ impl<T: Real> std::fmt::Debug for Registry<T> {
 }
 
 /// The built-in kinds.
-const BUILTIN: [&str; 12] = [
+const BUILTIN: [&str; 15] = [
     "preprocess",
     "snf-linear",
     "exact-linear",
@@ -69,6 +69,9 @@ const BUILTIN: [&str; 12] = [
     "spline",
     "split",
     "standardize",
+    "inv-conv1x1",
+    "autoregressive-conv",
+    "conv-exp",
 ];
 
 fn build_builtin<T: Real>(spec: &serde_json::Value, tensors: &mut LayerTensors<'_, T>) -> Result<Box<dyn Transform<T>>> {

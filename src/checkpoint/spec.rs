@@ -8,7 +8,7 @@ use crate::activation::{LeakyRelu, SmoothLeakyRelu, SplineActivation, SplineConf
 use crate::error::{Error, Result};
 use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use crate::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
-use crate::layers::{Preprocess, Split, Squeeze, Standardize};
+use crate::layers::{AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, InvConv1x1, Preprocess, Split, Squeeze, Standardize};
 use crate::real::Real;
 use crate::shape::Shape;
 use crate::transform::Transform;
@@ -84,6 +84,15 @@ pub enum LayerSpec {
         /// Input shape `[C, H, W]`.
         shape: [usize; 3],
     },
+    /// [`InvConv1x1`] (tensor `w`).
+    InvConv1x1 {
+        /// Image shape `[C, H, W]`.
+        shape: [usize; 3],
+    },
+    /// [`AutoregressiveConv2d`] (tensors `k`, `b`?).
+    AutoregressiveConv(AutoregressiveConv2dConfig),
+    /// [`ConvExp`] (tensors `k`, `b`?).
+    ConvExp(ConvExpConfig),
     /// [`Standardize`] (no tensors: its fixed statistics are stored here).
     Standardize {
         /// Per-dimension mean.
@@ -109,6 +118,9 @@ impl LayerSpec {
             LayerSpec::ExactConv(c) => bias(c.bias, vec!["w"]),
             LayerSpec::Spline { .. } => vec!["widths", "heights", "slopes"],
             LayerSpec::Split { .. } => vec!["k", "c"],
+            LayerSpec::InvConv1x1 { .. } => vec!["w"],
+            LayerSpec::AutoregressiveConv(c) => bias(c.bias, vec!["k"]),
+            LayerSpec::ConvExp(c) => bias(c.bias, vec!["k"]),
             _ => Vec::new(),
         }
     }
@@ -175,6 +187,17 @@ impl LayerSpec {
                 let (k, c) = (next()?, next()?);
                 Box::new(Split::from_parts(Shape::from(*shape), k, c)?)
             }
+            LayerSpec::InvConv1x1 { shape } => Box::new(InvConv1x1::from_parts(Shape::from(*shape), next()?)?),
+            LayerSpec::AutoregressiveConv(c) => {
+                let k = next()?;
+                let b = if c.bias { Some(next()?) } else { None };
+                Box::new(AutoregressiveConv2d::from_parts(*c, k, b)?)
+            }
+            LayerSpec::ConvExp(c) => {
+                let k = next()?;
+                let b = if c.bias { Some(next()?) } else { None };
+                Box::new(ConvExp::from_parts(*c, k, b)?)
+            }
         })
     }
 }
@@ -195,7 +218,9 @@ impl LayerSpec {
         match self {
             LayerSpec::SnfLinear { dim, .. } | LayerSpec::ExactLinear { dim, .. } | LayerSpec::RelativeLinear { dim, .. } => big(Some(*dim), "a linear layer"),
             LayerSpec::SnfConv(c) | LayerSpec::ExactConv(c) => big(conv_dim(c), "a convolution"),
-            LayerSpec::Squeeze { shape } | LayerSpec::Split { shape } => Shape::from(*shape).checked_dim().map(|_| ()),
+            LayerSpec::Squeeze { shape } | LayerSpec::Split { shape } | LayerSpec::InvConv1x1 { shape } => Shape::from(*shape).checked_dim().map(|_| ()),
+            LayerSpec::AutoregressiveConv(c) => Shape::image(c.channels, c.input[0], c.input[1]).checked_dim().map(|_| ()),
+            LayerSpec::ConvExp(c) => Shape::image(c.channels, c.input[0], c.input[1]).checked_dim().map(|_| ()),
             _ => Ok(()),
         }
     }

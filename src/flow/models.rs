@@ -8,7 +8,7 @@ use crate::activation::{SmoothLeakyRelu, SplineActivation, SplineConfig};
 use crate::error::{Error, Result};
 use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use crate::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
-use crate::layers::{Preprocess, Squeeze};
+use crate::layers::{AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, Direction, InvConv1x1, Preprocess, Squeeze};
 use crate::real::Real;
 use crate::shape::Shape;
 use crate::transform::Transform;
@@ -51,6 +51,22 @@ pub fn fc_two_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &mut
     Flow::new(shape, vec![Box::new(Preprocess::new(PREPROCESS_ALPHA)?), l1, Box::new(SmoothLeakyRelu::new(SLR_ALPHA)?), l2])
 }
 
+/// The mixing layer of each of the conv model's nine steps (Table 1's conv rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvMixing {
+    /// A 3x3 convolution, self-normalizing or exact as the [`Gradient`] says.
+    Conv3x3(Gradient),
+    /// An emerging convolution (Hoogeboom et al., 2019): an exact invertible 1x1
+    /// convolution, then two autoregressive 3x3-masked convolutions (lower, then upper
+    /// triangle; each an effective 2x2 kernel), as in the authors' baseline.
+    Emerging,
+    /// The convolution exponential (Hoogeboom et al., 2020): an exact invertible 1x1
+    /// convolution, then $\exp(M)$ of a 3x3 convolution with $\lVert M\rVert_2\le0.9$, as in
+    /// the authors' baseline.
+    ConvExp,
+}
+
 /// "Conv. 9-Layer" (Table 1) on `C x H x W` images (`H`, `W` divisible by 4): the logit
 /// preprocessing, then three blocks of three 3x3 convolutions (channel-preserving, "same"
 /// padding, bias) on $C\times H\times W$, $4C\times\frac H2\times\frac W2$ and
@@ -62,8 +78,18 @@ pub fn fc_two_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &mut
 /// [`Error::InvalidArgument`] for a shape whose sides are not divisible by 4; the
 /// constructors' checks.
 pub fn conv_nine_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &mut R) -> Result<Flow<T>> {
+    conv_nine_layer_with(shape, ConvMixing::Conv3x3(gradient), rng)
+}
+
+/// [`conv_nine_layer`] with any of Table 1's conv mixing layers in its nine steps (same
+/// preprocessing, splines and squeezes). The baselines' mixing layers are exact-likelihood
+/// layers trained by their exact gradients.
+///
+/// # Errors
+/// As [`conv_nine_layer`].
+pub fn conv_nine_layer_with<T: Real, R: Rng>(shape: Shape, mixing: ConvMixing, rng: &mut R) -> Result<Flow<T>> {
     shape.checked_dim()?;
-    if gradient == Gradient::Relative {
+    if mixing == ConvMixing::Conv3x3(Gradient::Relative) {
         return Err(Error::InvalidArgument {
             op: "conv_nine_layer",
             reason: "the relative gradient is defined for the FC model's dense layers, not for convolutions (use snf or exact)".into(),
@@ -77,10 +103,21 @@ pub fn conv_nine_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &
     for block in 0..3 {
         for l in 0..3 {
             let cfg = SelfNormConv2dConfig::new(c, [h, w], 3);
-            layers.push(match gradient {
-                Gradient::SelfNormalizing => Box::new(SelfNormConv2d::<T>::new(cfg, rng)?),
-                Gradient::Exact | Gradient::Relative => Box::new(ExactConv2d::<T>::new(cfg, rng)?),
-            });
+            let img = Shape::image(c, h, w);
+            match mixing {
+                ConvMixing::Conv3x3(Gradient::SelfNormalizing) => layers.push(Box::new(SelfNormConv2d::<T>::new(cfg, rng)?)),
+                ConvMixing::Conv3x3(_) => layers.push(Box::new(ExactConv2d::<T>::new(cfg, rng)?)),
+                ConvMixing::Emerging => {
+                    layers.push(Box::new(InvConv1x1::<T>::new(img, rng)?));
+                    for dir in [Direction::Lower, Direction::Upper] {
+                        layers.push(Box::new(AutoregressiveConv2d::<T>::new(AutoregressiveConv2dConfig::new(c, [h, w], dir), rng)?));
+                    }
+                }
+                ConvMixing::ConvExp => {
+                    layers.push(Box::new(InvConv1x1::<T>::new(img, rng)?));
+                    layers.push(Box::new(ConvExp::<T>::new(ConvExpConfig::new(c, [h, w]), rng)?));
+                }
+            }
             if !(block == 2 && l == 2) {
                 layers.push(Box::new(SplineActivation::<T>::new(c * h * w, SplineConfig::default())?));
             }

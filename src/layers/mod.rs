@@ -23,7 +23,10 @@
 //!   $$\ell = -\frac1B \sum_{b=1}^B \Big[\tfrac12 \log p^f_X(x_b) + \tfrac12 \log p^g_X(x_b)
 //!   - \lambda \lVert g(f(x_b)) - x_b \rVert^2\Big].$$
 
+mod autoregressive_conv;
 pub mod conv;
+mod conv1x1;
+mod conv_exp;
 pub mod linear;
 mod preprocess;
 mod split;
@@ -31,7 +34,10 @@ mod squeeze;
 mod standardize;
 
 pub use crate::activation::{Elementwise, LeakyRelu, SmoothLeakyRelu, SplineActivation};
+pub use autoregressive_conv::{AutoregressiveConv2d, AutoregressiveConv2dConfig, AutoregressiveConv2dGrads, Direction};
 pub use conv::{ExactConv2d, SelfNormConv2d};
+pub use conv1x1::{random_orthogonal, InvConv1x1, InvConv1x1Grads};
+pub use conv_exp::{series_terms, ConvExp, ConvExpConfig, ConvExpGrads};
 pub use linear::{ExactLinear, SelfNormLinear};
 pub use preprocess::Preprocess;
 pub use split::Split;

@@ -62,6 +62,7 @@ fn eval<T: Real>(a: &Args, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         run_id: String::new(),
         model: Model::Fc,
         grad: Grad::Snf,
+        mixing: Default::default(),
         precision: Precision::F32,
         dataset: DatasetKind::Mnist,
         data: None,

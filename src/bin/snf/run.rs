@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use snf::data::idx_set::{load_idx, Checksums, IdxOptions};
 use snf::data::mnist::{LoadOptions, Mnist};
 use snf::data::{Images, Splits};
-use snf::flow::models::{conv_nine_layer, fc_two_layer, Gradient};
+use snf::flow::models::{conv_nine_layer_with, fc_two_layer, ConvMixing, Gradient};
 use snf::flow::Flow;
 use snf::train::{EpochRecord, TrainConfig};
 use snf::{Real, Shape};
@@ -61,6 +61,19 @@ pub enum Grad {
     Relative,
 }
 
+/// The conv model's mixing layers (Table 1's conv rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mixing {
+    /// 3x3 convolutions, self-normalizing or exact as --grad says.
+    #[default]
+    Conv3x3,
+    /// Emerging convolutions (exact 1x1, then two autoregressive convolutions), exact gradients.
+    Emerging,
+    /// Convolution exponentials (exact 1x1, then exp of a 3x3 convolution), exact gradients.
+    Convexp,
+}
+
 /// Floating-point precision of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +95,9 @@ pub struct RunSettings {
     pub model: Model,
     /// Gradient.
     pub grad: Grad,
+    /// The conv model's mixing layers.
+    #[serde(default)]
+    pub mixing: Mixing,
     /// Precision.
     pub precision: Precision,
     /// The data set format.
@@ -314,7 +330,14 @@ pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
     };
     Ok(match s.model {
         Model::Fc => fc_two_layer::<T, _>(shape, gradient, &mut rng)?,
-        Model::Conv => conv_nine_layer::<T, _>(shape, gradient, &mut rng)?,
+        Model::Conv => {
+            let mixing = match s.mixing {
+                Mixing::Conv3x3 => ConvMixing::Conv3x3(gradient),
+                Mixing::Emerging => ConvMixing::Emerging,
+                Mixing::Convexp => ConvMixing::ConvExp,
+            };
+            conv_nine_layer_with::<T, _>(shape, mixing, &mut rng)?
+        }
     })
 }
 

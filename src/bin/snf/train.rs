@@ -11,7 +11,7 @@ use snf::train::{Adaptive, Geco, Lambda, TrainConfig, Trainer};
 use snf::Real;
 
 use crate::error::{CliError, Result};
-use crate::run::{absolute, build_model, describe_data, load_data, CheckpointMeta, DatasetKind, Grad, Model, Precision, RunDir, RunSettings};
+use crate::run::{absolute, build_model, describe_data, load_data, CheckpointMeta, DatasetKind, Grad, Mixing, Model, Precision, RunDir, RunSettings};
 use snf::data::{Images, Splits};
 
 #[derive(clap::Args)]
@@ -19,9 +19,13 @@ pub struct Args {
     /// Model to train.
     #[arg(long, value_enum, default_value = "fc")]
     model: Model,
-    /// Self-normalizing or exact gradients.
-    #[arg(long, value_enum, default_value = "snf")]
-    grad: Grad,
+    /// Self-normalizing or exact gradients [default: snf; exact with --mixing emerging|convexp].
+    #[arg(long, value_enum)]
+    grad: Option<Grad>,
+    /// The conv model's mixing layers: 3x3 convolutions (--grad snf|exact), or Table 1's
+    /// baselines, emerging convolutions or convolution exponentials (exact gradients).
+    #[arg(long, value_enum, default_value = "conv3x3")]
+    mixing: Mixing,
     /// Total epochs (with --resume: the new total).
     #[arg(long)]
     epochs: Option<usize>,
@@ -114,7 +118,7 @@ pub fn run(a: Args) -> Result<()> {
         None if a.resume => return Err(CliError::Usage("--resume needs --out RUN_DIR".into())),
         // a fresh default folder, so that the quickstart command can be run again
         None => {
-            let base = format!("runs/{}-{}", model_name(a.model), grad_name(a.grad));
+            let base = format!("runs/{}-{}", model_name(a.model), method_name(a.mixing, a.grad.unwrap_or(Grad::Snf)));
             (1..)
                 .map(|k| if k == 1 { PathBuf::from(&base) } else { PathBuf::from(format!("{base}-{k}")) })
                 .find(|p| !RunDir::new(p.clone()).last().exists())
@@ -187,7 +191,7 @@ fn resume<T: Real>(bytes: &[u8], dir: &RunDir, a: &Args) -> Result<()> {
     };
     if let Ok(text) = std::fs::read_to_string(dir.settings()) {
         if let Ok(on_disk) = serde_json::from_str::<RunSettings>(&text) {
-            if on_disk.run_id != s.run_id || on_disk.model != s.model || on_disk.grad != s.grad {
+            if on_disk.run_id != s.run_id || on_disk.model != s.model || on_disk.grad != s.grad || on_disk.mixing != s.mixing {
                 return Err(foreign("run.json"));
             }
         }
@@ -232,6 +236,15 @@ fn model_name(m: Model) -> &'static str {
     }
 }
 
+/// What trains the mixing layers, for folder names and logs.
+fn method_name(m: Mixing, g: Grad) -> &'static str {
+    match m {
+        Mixing::Conv3x3 => grad_name(g),
+        Mixing::Emerging => "emerging",
+        Mixing::Convexp => "convexp",
+    }
+}
+
 fn grad_name(g: Grad) -> &'static str {
     match g {
         Grad::Snf => "snf",
@@ -241,6 +254,17 @@ fn grad_name(g: Grad) -> &'static str {
 }
 
 fn settings_from(a: &Args) -> Result<RunSettings> {
+    let grad = match (a.mixing, a.grad) {
+        (Mixing::Conv3x3, g) => g.unwrap_or(Grad::Snf),
+        (_, None | Some(Grad::Exact)) if a.model == Model::Conv => Grad::Exact,
+        (m, _) if a.model == Model::Conv => {
+            return Err(CliError::Usage(format!(
+                "--mixing {} trains with exact gradients (leave out --grad or pass --grad exact)",
+                method_name(m, Grad::Exact)
+            )))
+        }
+        _ => return Err(CliError::Usage("--mixing emerging|convexp needs --model conv".into())),
+    };
     let lr = a.lr.unwrap_or(if a.model == Model::Conv { 1e-3 } else { 1e-4 });
     let lambda = match (a.geco_target, a.lambda) {
         (Some(t), l) => {
@@ -261,7 +285,7 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         clip_norm: a.clip_norm,
         lambda,
         seed: a.seed,
-        angle_batches: if a.grad == Grad::Snf { a.angle_batches } else { 0 },
+        angle_batches: if grad == Grad::Snf { a.angle_batches } else { 0 },
         divergence_factor: if a.no_divergence_monitor { None } else { TrainConfig::default().divergence_factor },
         ..Default::default()
     };
@@ -287,7 +311,8 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
     Ok(RunSettings {
         run_id: format!("{:016x}", rand::random::<u64>()),
         model: a.model,
-        grad: a.grad,
+        grad,
+        mixing: a.mixing,
         precision: a.precision,
         dataset: a.dataset,
         data: absolute(&a.data)?,
@@ -318,10 +343,13 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
     let total = s.config.epochs;
     if !quiet {
         eprintln!(
-            "{} {} model, {} gradients, {}: {} training / {} validation images of {}, epochs {first}..={total}, run folder {}",
+            "{} {} model, {}, {}: {} training / {} validation images of {}, epochs {first}..={total}, run folder {}",
             if resume { "resuming" } else { "training" },
             model_name(s.model),
-            grad_name(s.grad),
+            match s.mixing {
+                Mixing::Conv3x3 => format!("{} gradients", grad_name(s.grad)),
+                m => format!("{} mixing", method_name(m, s.grad)),
+            },
             describe_data(s),
             data.train.len(),
             data.valid.len(),

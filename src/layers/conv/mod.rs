@@ -26,7 +26,7 @@
 mod backward;
 mod exact;
 mod exact_conv;
-mod forward;
+pub(crate) mod forward;
 mod fused;
 mod transform;
 mod workspace;
