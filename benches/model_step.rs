@@ -8,7 +8,9 @@
 //!   784 x 784 by 784 x 100: one forward and five backward per linear layer), and the
 //!   model's evaluation (`Flow::log_prob` with the cached log-det).
 //! - `conv9_step_f32`: the Conv 9-layer model (nine 3x3 convolutions, eight spline
-//!   activations, two squeezes), and its evaluation.
+//!   activations, two squeezes), self-normalizing and exact, and with Table 1's conv
+//!   baselines in place of the 3x3 convolutions (emerging convolutions; convolution
+//!   exponentials at their start and at the norm bound), and the evaluations.
 //!
 //! Adam runs on both cores, as the trainer runs it (`Trainer` gives it the flow's `Par`).
 //!
@@ -17,7 +19,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
-use snf::flow::models::{conv_nine_layer, fc_two_layer, Gradient};
+use snf::flow::models::{conv_nine_layer, conv_nine_layer_with, fc_two_layer, ConvMixing, Gradient};
+use snf::layers::ConvExp;
 use snf::flow::Flow;
 use snf::optim::{Adam, AdamConfig};
 use std::time::Duration;
@@ -115,6 +118,22 @@ fn conv_step(c: &mut Criterion) {
         let flow = conv_nine_layer::<f32, _>(snf::data::mnist::SHAPE, gradient, &mut snf::init::rng(0)).unwrap();
         bench_flow(&mut group, name, flow, gradient == Gradient::SelfNormalizing);
     }
+    // Table 1's conv baselines (exact gradients). The convolution exponential's cost grows
+    // with its kernel's norm bound (the series length): timed at the near-identity start
+    // and with every kernel scaled to the bound c, where the series is longest (9 terms).
+    let emerging = conv_nine_layer_with::<f32, _>(snf::data::mnist::SHAPE, ConvMixing::Emerging, &mut snf::init::rng(0)).unwrap();
+    bench_flow(&mut group, "emerging", emerging, false);
+    let convexp = conv_nine_layer_with::<f32, _>(snf::data::mnist::SHAPE, ConvMixing::ConvExp, &mut snf::init::rng(0)).unwrap();
+    bench_flow(&mut group, "convexp_init", convexp.clone(), false);
+    let mut at_bound = convexp;
+    for l in at_bound.layers_mut() {
+        let scale = (&**l as &dyn std::any::Any).downcast_ref::<ConvExp<f32>>().map(|ce| ce.config().coeff / ce.norm_bound());
+        if let Some(f) = scale {
+            let mut p = l.params_mut();
+            faer::zip!(p[0].as_mut()).for_each(|faer::unzip!(v)| *v *= f as f32);
+        }
+    }
+    bench_flow(&mut group, "convexp_at_bound", at_bound, false);
     group.finish();
 }
 

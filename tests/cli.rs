@@ -474,3 +474,41 @@ fn reliability_defects_of_the_cli() {
     assert!(e.contains("--geco-target"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Table 1's conv baselines from the command line: `--mixing emerging|convexp` trains the
+/// conv model with those mixing layers (exact gradients), evaluates and samples through
+/// their exact inverses; combinations that mean nothing are one-line usage errors.
+#[test]
+fn conv_baselines_train_evaluate_and_sample() {
+    let root = tmp("baselines");
+    for mixing in ["emerging", "convexp"] {
+        let out = root.join(mixing);
+        let o = Command::new(BIN)
+            .args(["train", "--model", "conv", "--mixing", mixing, "--train-subset", "200", "--valid-subset", "100", "--epochs", "1", "--samples", "4", "--out"])
+            .arg(&out)
+            .env_remove("SNF_FAULT")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{mixing}: {stderr}");
+        assert!(stderr.contains(&format!("{mixing} mixing")), "{mixing}: {stderr}");
+        assert!(stdout.contains("exact inverse") && !stdout.contains("learned inverse"), "{mixing}: {stdout}");
+        assert!(out.join("samples.png").is_file(), "{mixing}: no samples");
+        let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["mixing"], mixing);
+        assert_eq!(run["grad"], "exact");
+        let kinds: Vec<&str> = load(&out.join("checkpoints/best.safetensors")).flow.layers().iter().map(|l| l.kind()).collect();
+        let want = if mixing == "emerging" { "autoregressive-conv" } else { "conv-exp" };
+        assert_eq!(kinds.iter().filter(|k| **k == want).count(), if mixing == "emerging" { 18 } else { 9 }, "{kinds:?}");
+        assert_eq!(kinds.iter().filter(|k| **k == "inv-conv1x1").count(), 9, "{kinds:?}");
+        let eval = ok(&["eval", &out.display().to_string(), "--split", "valid", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+        assert!(v["nll_nats"].as_f64().is_some_and(|n| n.is_finite() && n > 0.0), "{eval}");
+    }
+    let d = root.join("bad").display().to_string();
+    let e = fails(&["train", "--mixing", "emerging", "--out", &d]);
+    assert!(e.contains("--model conv"), "{e}");
+    let e = fails(&["train", "--model", "conv", "--mixing", "convexp", "--grad", "snf", "--out", &d]);
+    assert!(e.contains("exact"), "{e}");
+    let _ = std::fs::remove_dir_all(&root);
+}
