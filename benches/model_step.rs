@@ -20,8 +20,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
 use snf::flow::models::{conv_nine_layer, conv_nine_layer_with, fc_two_layer, ConvMixing, Gradient};
-use snf::layers::ConvExp;
 use snf::flow::Flow;
+use snf::layers::ConvExp;
 use snf::optim::{Adam, AdamConfig};
 use std::time::Duration;
 

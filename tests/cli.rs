@@ -484,7 +484,22 @@ fn conv_baselines_train_evaluate_and_sample() {
     for mixing in ["emerging", "convexp"] {
         let out = root.join(mixing);
         let o = Command::new(BIN)
-            .args(["train", "--model", "conv", "--mixing", mixing, "--train-subset", "200", "--valid-subset", "100", "--epochs", "1", "--samples", "4", "--out"])
+            .args([
+                "train",
+                "--model",
+                "conv",
+                "--mixing",
+                mixing,
+                "--train-subset",
+                "200",
+                "--valid-subset",
+                "100",
+                "--epochs",
+                "1",
+                "--samples",
+                "4",
+                "--out",
+            ])
             .arg(&out)
             .env_remove("SNF_FAULT")
             .output()

@@ -62,6 +62,22 @@ impl AutoregressiveConv2dConfig {
 /// ignored if set. Two of these, [`Direction::Lower`] then
 /// [`Direction::Upper`], make one emerging convolution (their composition has the full
 /// $k\times k$ receptive field).
+///
+/// # Example
+/// ```
+/// use faer::{Mat, Par};
+/// use snf::layers::{AutoregressiveConv2d, AutoregressiveConv2dConfig, Direction};
+/// use snf::transform::Transform;
+/// let cfg = AutoregressiveConv2dConfig::new(3, [5, 5], Direction::Lower);
+/// let layer = AutoregressiveConv2d::<f64>::new(cfg, &mut snf::init::rng(0))?;
+/// let x = Mat::from_fn(75, 2, |i, j| ((i * 7 + j) % 11) as f64 - 5.0);
+/// let mut ws = layer.workspace(2, Par::Seq)?;
+/// let (mut z, mut back) = (Mat::zeros(75, 2), Mat::zeros(75, 2));
+/// let _tape = layer.forward(x.as_ref(), z.as_mut(), &mut [0.0; 2], &mut ws)?;
+/// layer.inverse(z.as_ref(), back.as_mut(), &mut ws)?; // forward substitution
+/// assert!((&back - &x).norm_max() < 1e-10);
+/// # Ok::<(), snf::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoregressiveConv2d<T: Real> {
     config: AutoregressiveConv2dConfig,

@@ -24,6 +24,18 @@ use crate::util::gemm;
 /// $$\partial_W\ell = -\frac1B\sum_b\Delta_b^TX_b - HW\,W^{-T},\qquad
 ///   \delta_{X_b} = \Delta_b W.$$
 /// The $W^{-T}$ is a `C x C` LU per step (cheap: $C\le 64$ in every model here).
+///
+/// # Example
+/// ```
+/// use faer::Par;
+/// use snf::layers::InvConv1x1;
+/// use snf::{transform::Transform, Shape};
+/// let layer = InvConv1x1::<f64>::new(Shape::image(4, 3, 3), &mut snf::init::rng(0))?;
+/// // W starts orthogonal: log|det J| = HW log|det W| = 0
+/// let mut ws = layer.workspace(1, Par::Seq)?;
+/// assert!(layer.static_log_det(&mut ws)?.abs() < 1e-12);
+/// # Ok::<(), snf::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct InvConv1x1<T: Real> {
     shape: Shape,

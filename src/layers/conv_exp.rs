@@ -87,6 +87,25 @@ pub fn series_terms(rho: f64, tol: f64) -> Option<usize> {
 ///   That is $3n$ convolutions per step against 3 for a plain one.
 /// * **Inverse** $\exp(-M)(z - b)$ by the same series, refined twice by the residual of
 ///   the truncated forward map, so it inverts the map actually applied.
+///
+/// # Example
+/// ```
+/// use faer::{Mat, Par};
+/// use snf::layers::{ConvExp, ConvExpConfig};
+/// use snf::transform::Transform;
+/// let layer = ConvExp::<f64>::new(ConvExpConfig::new(2, [4, 4]), &mut snf::init::rng(0))?;
+/// assert!(layer.norm_bound() < 0.9 && layer.terms()? <= 9);
+/// let x = Mat::from_fn(32, 3, |i, j| (i as f64 - 2.0 * j as f64) / 10.0);
+/// let mut ws = layer.workspace(3, Par::Seq)?;
+/// let (mut z, mut back) = (Mat::zeros(32, 3), Mat::zeros(32, 3));
+/// let _tape = layer.forward(x.as_ref(), z.as_mut(), &mut [0.0; 3], &mut ws)?;
+/// layer.inverse(z.as_ref(), back.as_mut(), &mut ws)?;
+/// assert!((&back - &x).norm_max() < 1e-12);
+/// // log|det J| = tr M, a property of the kernel alone
+/// let logdet = layer.static_log_det(&mut ws)?;
+/// assert!(logdet.is_finite());
+/// # Ok::<(), snf::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvExp<T: Real> {
     config: ConvExpConfig,

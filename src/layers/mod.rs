@@ -4,6 +4,9 @@
 //! |---|---|---|
 //! | [`SelfNormLinear`] / [`ExactLinear`] | $Wx + b$, self-normalizing (Eqs. 10–20) / exact (Eqs. 8–9) | `w`, `r`, `b` / `w`, `b` |
 //! | [`SelfNormConv2d`] / [`ExactConv2d`] | $w\star x + b$, self-normalizing (Eqs. 13–16) / exact | `w`, `r`, `b` / `w`, `b` |
+//! | [`InvConv1x1`] | Glow's invertible 1x1 convolution, exact gradient | `w` |
+//! | [`AutoregressiveConv2d`] | masked convolution with a triangular matrix (two make an emerging convolution) | `k`, `b` |
+//! | [`ConvExp`] | the convolution exponential $\exp(M)x + b$ | `k`, `b` |
 //! | [`SmoothLeakyRelu`], [`LeakyRelu`], [`Elementwise`] | entry-wise bijections | none |
 //! | [`SplineActivation`] | per-entry rational-quadratic splines | `widths`, `heights`, `slopes` |
 //! | [`Preprocess`] | dequantised pixels to logit space | none |
