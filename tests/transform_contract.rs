@@ -27,7 +27,9 @@ use faer::{Mat, MatRef, Par};
 use snf::activation::{Elementwise, LeakyRelu, SmoothLeakyRelu, SplineActivation, SplineConfig};
 use snf::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use snf::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
-use snf::layers::{AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, Direction, InvConv1x1, Preprocess, Split, Squeeze, Standardize};
+use snf::layers::{
+    ActNorm, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, Direction, InvConv1x1, Preprocess, Split, Squeeze, Standardize,
+};
 use snf::prelude::*;
 
 struct Case {
@@ -134,6 +136,9 @@ fn cases() -> Vec<Case> {
         let name = if k == 0 { "conv-exp (rho < c)" } else { "conv-exp (rescaled)" };
         out.push(Case { name, t: Box::new(ce), shape: img, x: flat(18, 1.0, 38 + k as u64) });
     }
+    // ActNorm away from the identity
+    let an = ActNorm::from_parts(img, Mat::from_fn(2, 1, |i, _| 0.3 - 0.5 * i as f64), Mat::from_fn(2, 1, |i, _| 0.2 + i as f64), true).unwrap();
+    out.push(Case { name: "actnorm", t: Box::new(an), shape: img, x: flat(18, 1.0, 41) });
     out
 }
 
@@ -157,6 +162,7 @@ fn every_builtin_transform_meets_the_contract() {
         "inv-conv1x1",
         "autoregressive-conv",
         "conv-exp",
+        "actnorm",
     ] {
         assert!(kinds.contains(&k), "no contract case for {k}");
     }

@@ -56,7 +56,7 @@ impl<T: Real> std::fmt::Debug for Registry<T> {
 }
 
 /// The built-in kinds.
-const BUILTIN: [&str; 15] = [
+const BUILTIN: [&str; 16] = [
     "preprocess",
     "snf-linear",
     "exact-linear",
@@ -72,6 +72,7 @@ const BUILTIN: [&str; 15] = [
     "inv-conv1x1",
     "autoregressive-conv",
     "conv-exp",
+    "actnorm",
 ];
 
 fn build_builtin<T: Real>(spec: &serde_json::Value, tensors: &mut LayerTensors<'_, T>) -> Result<Box<dyn Transform<T>>> {

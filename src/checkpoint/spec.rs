@@ -8,7 +8,7 @@ use crate::activation::{LeakyRelu, SmoothLeakyRelu, SplineActivation, SplineConf
 use crate::error::{Error, Result};
 use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use crate::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
-use crate::layers::{AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, InvConv1x1, Preprocess, Split, Squeeze, Standardize};
+use crate::layers::{ActNorm, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, InvConv1x1, Preprocess, Split, Squeeze, Standardize};
 use crate::real::Real;
 use crate::shape::Shape;
 use crate::transform::Transform;
@@ -84,6 +84,14 @@ pub enum LayerSpec {
         /// Input shape `[C, H, W]`.
         shape: [usize; 3],
     },
+    /// [`ActNorm`] (tensors `logs`, `b`).
+    Actnorm {
+        /// Image shape `[C, H, W]`.
+        shape: [usize; 3],
+        /// Whether its data-dependent initialisation has run.
+        #[serde(default = "yes")]
+        initialized: bool,
+    },
     /// [`InvConv1x1`] (tensor `w`).
     InvConv1x1 {
         /// Image shape `[C, H, W]`.
@@ -119,6 +127,7 @@ impl LayerSpec {
             LayerSpec::Spline { .. } => vec!["widths", "heights", "slopes"],
             LayerSpec::Split { .. } => vec!["k", "c"],
             LayerSpec::InvConv1x1 { .. } => vec!["w"],
+            LayerSpec::Actnorm { .. } => vec!["logs", "b"],
             LayerSpec::AutoregressiveConv(c) => bias(c.bias, vec!["k"]),
             LayerSpec::ConvExp(c) => bias(c.bias, vec!["k"]),
             _ => Vec::new(),
@@ -188,6 +197,10 @@ impl LayerSpec {
                 Box::new(Split::from_parts(Shape::from(*shape), k, c)?)
             }
             LayerSpec::InvConv1x1 { shape } => Box::new(InvConv1x1::from_parts(Shape::from(*shape), next()?)?),
+            LayerSpec::Actnorm { shape, initialized } => {
+                let (logs, b) = (next()?, next()?);
+                Box::new(ActNorm::from_parts(Shape::from(*shape), logs, b, *initialized)?)
+            }
             LayerSpec::AutoregressiveConv(c) => {
                 let k = next()?;
                 let b = if c.bias { Some(next()?) } else { None };
@@ -218,7 +231,9 @@ impl LayerSpec {
         match self {
             LayerSpec::SnfLinear { dim, .. } | LayerSpec::ExactLinear { dim, .. } | LayerSpec::RelativeLinear { dim, .. } => big(Some(*dim), "a linear layer"),
             LayerSpec::SnfConv(c) | LayerSpec::ExactConv(c) => big(conv_dim(c), "a convolution"),
-            LayerSpec::Squeeze { shape } | LayerSpec::Split { shape } | LayerSpec::InvConv1x1 { shape } => Shape::from(*shape).checked_dim().map(|_| ()),
+            LayerSpec::Squeeze { shape } | LayerSpec::Split { shape } | LayerSpec::InvConv1x1 { shape } | LayerSpec::Actnorm { shape, .. } => {
+                Shape::from(*shape).checked_dim().map(|_| ())
+            }
             LayerSpec::AutoregressiveConv(c) => Shape::image(c.channels, c.input[0], c.input[1]).checked_dim().map(|_| ()),
             LayerSpec::ConvExp(c) => Shape::image(c.channels, c.input[0], c.input[1]).checked_dim().map(|_| ()),
             _ => Ok(()),
@@ -232,4 +247,8 @@ fn check_dim(op: &'static str, got: usize, want: usize) -> Result<()> {
     } else {
         Err(Error::InvalidArgument { op, reason: format!("tensors of dimension {got}, the configuration says {want}") })
     }
+}
+
+fn yes() -> bool {
+    true
 }

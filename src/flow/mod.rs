@@ -223,6 +223,10 @@ impl<T: Real> FlowWorkspace<T> {
     pub fn max_batch(&self) -> usize {
         self.max_batch
     }
+    /// The parallelism its transforms use.
+    pub fn par(&self) -> Par {
+        self.par
+    }
     /// Transform `k`'s workspace.
     pub fn layer(&mut self, k: usize) -> Option<&mut Workspace<T>> {
         self.layers.get_mut(k)
@@ -423,6 +427,34 @@ impl<T: Real> Flow<T> {
         }
         Self::assemble(&self.shapes, &ws.h, ws.z.as_mut(), b);
         Ok(b)
+    }
+
+    /// Data-dependent initialisation ([`Transform::data_init`]) of every transform, in
+    /// order, each from the output of the ones before it on the batch `x` (ActNorm's
+    /// first-batch statistics). Allocates its own buffers once; transforms without such an
+    /// initialisation pass the batch through unchanged. The trainer runs it before its
+    /// first step.
+    ///
+    /// # Errors
+    /// Shape errors; the transforms' errors.
+    pub fn data_init(&mut self, x: MatRef<'_, T>, par: Par) -> Result<()> {
+        const OP: &str = "Flow::data_init";
+        let b = x.ncols();
+        if x.nrows() != self.dim() || b == 0 {
+            return Err(Error::ShapeMismatch { op: OP, expected: (self.dim(), b.max(1)), got: (x.nrows(), b) });
+        }
+        self.version = next_version();
+        let mut cur = x.to_owned();
+        let mut next = zeros::<T>(self.dim(), b)?;
+        let mut logdet = vec![0.0; b];
+        for (k, layer) in self.layers.iter_mut().enumerate() {
+            let d = self.shapes[k].dim();
+            layer.data_init(cur.as_ref().subrows(0, d), par)?;
+            let mut ws = layer.workspace(b, par)?;
+            let _tape = layer.forward(cur.as_ref().subrows(0, d), next.as_mut().subrows_mut(0, d), &mut logdet, &mut ws)?;
+            cur.as_mut().subrows_mut(0, d).copy_from(next.as_ref().subrows(0, d));
+        }
+        Ok(())
     }
 
     /// $z = f(x)$ (data to noise) with each example's full $\log|\det J_f(x)|$ (the

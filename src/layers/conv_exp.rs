@@ -53,7 +53,7 @@ impl ConvExpConfig {
 /// for $\lVert M\rVert_2\le\rho$: the least $n$ with
 /// $\frac{\rho^{n+1}}{(n+1)!}\big/\big(1 - \frac{\rho}{n+2}\big)\le$ `tol`
 /// (the tail is dominated by a geometric series of ratio $\rho/(n+2)$), or `None` beyond
-/// [`MAX_TERMS`].
+/// [`CONV_EXP_MAX_TERMS`](crate::layers::CONV_EXP_MAX_TERMS).
 pub fn series_terms(rho: f64, tol: f64) -> Option<usize> {
     let mut term = rho; // rho^(n+1)/(n+1)! for n = 0
     for n in 1..=MAX_TERMS {

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | [`SelfNormLinear`] / [`ExactLinear`] | $Wx + b$, self-normalizing (Eqs. 10–20) / exact (Eqs. 8–9) | `w`, `r`, `b` / `w`, `b` |
 //! | [`SelfNormConv2d`] / [`ExactConv2d`] | $w\star x + b$, self-normalizing (Eqs. 13–16) / exact | `w`, `r`, `b` / `w`, `b` |
+//! | [`ActNorm`] | per-channel $e^sx + b$, initialised from the first batch (Glow) | `logs`, `b` |
 //! | [`InvConv1x1`] | Glow's invertible 1x1 convolution, exact gradient | `w` |
 //! | [`AutoregressiveConv2d`] | masked convolution with a triangular matrix (two make an emerging convolution) | `k`, `b` |
 //! | [`ConvExp`] | the convolution exponential $\exp(M)x + b$ | `k`, `b` |
@@ -26,6 +27,7 @@
 //!   $$\ell = -\frac1B \sum_{b=1}^B \Big[\tfrac12 \log p^f_X(x_b) + \tfrac12 \log p^g_X(x_b)
 //!   - \lambda \lVert g(f(x_b)) - x_b \rVert^2\Big].$$
 
+mod actnorm;
 mod autoregressive_conv;
 pub mod conv;
 mod conv1x1;
@@ -37,10 +39,11 @@ mod squeeze;
 mod standardize;
 
 pub use crate::activation::{Elementwise, LeakyRelu, SmoothLeakyRelu, SplineActivation};
+pub use actnorm::{ActNorm, ACTNORM_EPS};
 pub use autoregressive_conv::{AutoregressiveConv2d, AutoregressiveConv2dConfig, AutoregressiveConv2dGrads, Direction};
 pub use conv::{ExactConv2d, SelfNormConv2d};
 pub use conv1x1::{random_orthogonal, InvConv1x1, InvConv1x1Grads};
-pub use conv_exp::{series_terms, ConvExp, ConvExpConfig, ConvExpGrads};
+pub use conv_exp::{series_terms, ConvExp, ConvExpConfig, ConvExpGrads, MAX_TERMS as CONV_EXP_MAX_TERMS};
 pub use linear::{ExactLinear, SelfNormLinear};
 pub use preprocess::Preprocess;
 pub use split::Split;

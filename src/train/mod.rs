@@ -496,6 +496,10 @@ impl<T: Real> Trainer<T> {
         for s in 0..steps_per_epoch {
             let idx = &order[s * bsz..(s + 1) * bsz];
             load_dequantized(train, idx, &mut self.batch, &mut rng)?;
+            if self.step == 0 && s == 0 {
+                // data-dependent initialisation (ActNorm) from the very first batch only
+                self.flow.data_init(self.batch.as_ref(), self.ws.par())?;
+            }
             let penalty = self.lambda.penalty();
             let x = self.batch.as_ref();
             if s < self.cfg.angle_batches {

@@ -117,6 +117,18 @@ pub trait Transform<T: Real>: CloneTransform<T> + std::any::Any + Send + Sync + 
     /// Shape errors, the layer's own errors (e.g. a singular matrix).
     fn inverse(&self, y: MatRef<'_, T>, x: MatMut<'_, T>, ws: &mut Workspace<T>) -> Result<()>;
 
+    /// Data-dependent initialisation from a first batch `x` of this transform's inputs,
+    /// before training (ActNorm sets its scale and bias from it). Nothing by default.
+    /// [`Flow::data_init`](crate::flow::Flow::data_init) calls it on each transform with
+    /// the output of the ones before; the trainer runs that on its first batch.
+    ///
+    /// # Errors
+    /// Shape errors; the transform's own errors.
+    fn data_init(&mut self, x: MatRef<'_, T>, par: Par) -> Result<()> {
+        let _ = (x, par);
+        Ok(())
+    }
+
     /// The data-independent part of $\log|\det J|$ (Eqs. 6–7), 0 by default. The
     /// [`Flow`](crate::flow::Flow) caches the sum over its transforms until a parameter
     /// changes.
