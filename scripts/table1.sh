@@ -3,7 +3,7 @@
 # order, same epochs; then the test NLL of each best checkpoint and a Markdown table.
 #   scripts/table1.sh fc     # FC 2-layer: SNF, exact, relative gradient (16 epochs, 10-epoch warm-up)
 #   scripts/table1.sh conv   # Conv 9-layer: SNF, exact, emerging, conv. exponential (5 epochs, 1-epoch warm-up)
-# EPOCHS=N and WARMUP=W override; RESUME=1 continues existing runs to EPOCHS (bit-exact resume).
+# EPOCHS=N and WARMUP=W override; SNF_BIN=path uses a prebuilt binary; RESUME=1 continues existing runs to EPOCHS (bit-exact resume).
 # Writes runs/table1-MODEL-ROW/ (run folders with test.json) and prints the table
 # (scripts/table1_table.py).
 set -euo pipefail
@@ -14,8 +14,9 @@ case "$MODEL" in
     conv) EPOCHS=${EPOCHS:-5}; WARMUP=${WARMUP:-1}; rows=("snf --grad snf" "emerging --mixing emerging" "convexp --mixing convexp" "exact --grad exact") ;;
     *) echo "usage: $0 fc|conv" >&2; exit 2 ;;
 esac
-cargo build --release --features cli --bin snf
-SNF=target/release/snf
+# SNF_BIN=path runs a binary built earlier (so that rebuilding the crate mid-run changes nothing)
+if [ -z "${SNF_BIN:-}" ]; then cargo build --release --features cli --bin snf; fi
+SNF=${SNF_BIN:-target/release/snf}
 for row in "${rows[@]}"; do
     read -r name flags <<< "$row"
     out="runs/table1-$MODEL-$name"

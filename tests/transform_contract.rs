@@ -28,7 +28,8 @@ use snf::activation::{Elementwise, LeakyRelu, SmoothLeakyRelu, SplineActivation,
 use snf::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use snf::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
 use snf::layers::{
-    ActNorm, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, Direction, InvConv1x1, Preprocess, Split, Squeeze, Standardize,
+    ActNorm, AffineCoupling, AffineCouplingConfig, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, Direction, InvConv1x1, Preprocess,
+    Split, Squeeze, Standardize,
 };
 use snf::prelude::*;
 
@@ -139,6 +140,19 @@ fn cases() -> Vec<Case> {
     // ActNorm away from the identity
     let an = ActNorm::from_parts(img, Mat::from_fn(2, 1, |i, _| 0.3 - 0.5 * i as f64), Mat::from_fn(2, 1, |i, _| 0.2 + i as f64), true).unwrap();
     out.push(Case { name: "actnorm", t: Box::new(an), shape: img, x: flat(18, 1.0, 41) });
+    // Glow's affine coupling: odd and even channel counts, a non-square image, its hidden
+    // ActNorms initialised from the batch, every parameter moved off its initialisation
+    for (k, (shape, width)) in [(Shape::image(3, 3, 3), 4), (Shape::image(4, 2, 3), 3)].into_iter().enumerate() {
+        let x = flat(shape.dim(), 1.0, 42 + k as u64);
+        let mut cp = AffineCoupling::<f64>::new(AffineCouplingConfig::new(shape, width), &mut rng(44 + k as u64)).unwrap();
+        cp.data_init(x.as_ref(), Par::Seq).unwrap();
+        for (j, mut p) in cp.params_mut().into_iter().enumerate() {
+            let n = gaussian(p.nrows(), p.ncols(), 0.3, &mut rng(50 + 10 * k as u64 + j as u64));
+            faer::zip!(p.as_mut(), n.as_ref()).for_each(|faer::unzip!(p, n)| *p += *n);
+        }
+        let name = if k == 0 { "affine-coupling (odd C)" } else { "affine-coupling (even C, H != W)" };
+        out.push(Case { name, t: Box::new(cp), shape, x });
+    }
     out
 }
 
@@ -163,6 +177,7 @@ fn every_builtin_transform_meets_the_contract() {
         "autoregressive-conv",
         "conv-exp",
         "actnorm",
+        "affine-coupling",
     ] {
         assert!(kinds.contains(&k), "no contract case for {k}");
     }

@@ -56,7 +56,7 @@ impl<T: Real> std::fmt::Debug for Registry<T> {
 }
 
 /// The built-in kinds.
-const BUILTIN: [&str; 16] = [
+const BUILTIN: [&str; 17] = [
     "preprocess",
     "snf-linear",
     "exact-linear",
@@ -73,6 +73,7 @@ const BUILTIN: [&str; 16] = [
     "autoregressive-conv",
     "conv-exp",
     "actnorm",
+    "affine-coupling",
 ];
 
 fn build_builtin<T: Real>(spec: &serde_json::Value, tensors: &mut LayerTensors<'_, T>) -> Result<Box<dyn Transform<T>>> {

@@ -8,7 +8,10 @@ use crate::activation::{LeakyRelu, SmoothLeakyRelu, SplineActivation, SplineConf
 use crate::error::{Error, Result};
 use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use crate::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
-use crate::layers::{ActNorm, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, InvConv1x1, Preprocess, Split, Squeeze, Standardize};
+use crate::layers::{
+    ActNorm, AffineCoupling, AffineCouplingConfig, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, InvConv1x1, Preprocess, Split,
+    Squeeze, Standardize,
+};
 use crate::real::Real;
 use crate::shape::Shape;
 use crate::transform::Transform;
@@ -92,6 +95,15 @@ pub enum LayerSpec {
         #[serde(default = "yes")]
         initialized: bool,
     },
+    /// [`AffineCoupling`] (tensors `k1, logs1, b1, k2, logs2, b2, k3, c3`).
+    AffineCoupling {
+        /// Input shape and conditioner width.
+        #[serde(flatten)]
+        config: AffineCouplingConfig,
+        /// Whether the conditioner's ActNorms were initialised from data.
+        #[serde(default = "yes")]
+        initialized: bool,
+    },
     /// [`InvConv1x1`] (tensor `w`).
     InvConv1x1 {
         /// Image shape `[C, H, W]`.
@@ -128,6 +140,7 @@ impl LayerSpec {
             LayerSpec::Split { .. } => vec!["k", "c"],
             LayerSpec::InvConv1x1 { .. } => vec!["w"],
             LayerSpec::Actnorm { .. } => vec!["logs", "b"],
+            LayerSpec::AffineCoupling { .. } => vec!["k1", "logs1", "b1", "k2", "logs2", "b2", "k3", "c3"],
             LayerSpec::AutoregressiveConv(c) => bias(c.bias, vec!["k"]),
             LayerSpec::ConvExp(c) => bias(c.bias, vec!["k"]),
             _ => Vec::new(),
@@ -201,6 +214,10 @@ impl LayerSpec {
                 let (logs, b) = (next()?, next()?);
                 Box::new(ActNorm::from_parts(Shape::from(*shape), logs, b, *initialized)?)
             }
+            LayerSpec::AffineCoupling { config, initialized } => {
+                let p = [next()?, next()?, next()?, next()?, next()?, next()?, next()?, next()?];
+                Box::new(AffineCoupling::from_parts(*config, p, *initialized)?)
+            }
             LayerSpec::AutoregressiveConv(c) => {
                 let k = next()?;
                 let b = if c.bias { Some(next()?) } else { None };
@@ -236,6 +253,11 @@ impl LayerSpec {
             }
             LayerSpec::AutoregressiveConv(c) => Shape::image(c.channels, c.input[0], c.input[1]).checked_dim().map(|_| ()),
             LayerSpec::ConvExp(c) => Shape::image(c.channels, c.input[0], c.input[1]).checked_dim().map(|_| ()),
+            LayerSpec::AffineCoupling { config, .. } => {
+                let [_, h, w] = config.shape;
+                Shape::from(config.shape).checked_dim()?;
+                Shape::image(config.width, h, w).checked_dim().map(|_| ())
+            }
             _ => Ok(()),
         }
     }

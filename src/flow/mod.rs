@@ -35,6 +35,7 @@
 //! $z\in\mathbb R^D$ is: rows $[0, D_K)$ from the last transform, rows $[D_{k+1}, D_k)$
 //! from transform $k$; the base distribution scores all of $z$.
 
+pub mod glow;
 pub mod models;
 
 pub use crate::layers::{Preprocess, Squeeze};

@@ -32,6 +32,7 @@ mod autoregressive_conv;
 pub mod conv;
 mod conv1x1;
 mod conv_exp;
+mod coupling;
 pub mod linear;
 mod preprocess;
 mod split;
@@ -44,6 +45,7 @@ pub use autoregressive_conv::{AutoregressiveConv2d, AutoregressiveConv2dConfig, 
 pub use conv::{ExactConv2d, SelfNormConv2d};
 pub use conv1x1::{random_orthogonal, InvConv1x1, InvConv1x1Grads};
 pub use conv_exp::{series_terms, ConvExp, ConvExpConfig, ConvExpGrads, MAX_TERMS as CONV_EXP_MAX_TERMS};
+pub use coupling::{AffineCoupling, AffineCouplingConfig, CONDITIONER_INIT_STD, COUPLING_SCALE_OFFSET};
 pub use linear::{ExactLinear, SelfNormLinear};
 pub use preprocess::Preprocess;
 pub use split::Split;

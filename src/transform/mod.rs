@@ -29,9 +29,9 @@ pub use grads::{GradBlocks, Grads};
 
 /// Parameter or gradient blocks of one transform, in parameter order (inline up to 4, so
 /// the training step does not allocate for them).
-pub type Blocks<'a, T> = smallvec::SmallVec<[MatRef<'a, T>; 4]>;
+pub type Blocks<'a, T> = smallvec::SmallVec<[MatRef<'a, T>; 8]>;
 /// The same, mutable.
-pub type BlocksMut<'a, T> = smallvec::SmallVec<[MatMut<'a, T>; 4]>;
+pub type BlocksMut<'a, T> = smallvec::SmallVec<[MatMut<'a, T>; 8]>;
 pub use workspace::{Tape, Workspace};
 
 use faer::{MatMut, MatRef, Par};
