@@ -63,6 +63,7 @@ fn eval<T: Real>(a: &Args, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         model: Model::Fc,
         grad: Grad::Snf,
         mixing: Default::default(),
+        glow: None,
         precision: Precision::F32,
         dataset: DatasetKind::Mnist,
         data: None,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use snf::data::idx_set::{load_idx, Checksums, IdxOptions};
 use snf::data::mnist::{LoadOptions, Mnist};
 use snf::data::{Images, Splits};
+use snf::flow::glow::{glow, GlowConfig, GlowMixing};
 use snf::flow::models::{conv_nine_layer_with, fc_two_layer, ConvMixing, Gradient};
 use snf::flow::Flow;
 use snf::train::{EpochRecord, TrainConfig};
@@ -46,6 +47,9 @@ pub enum Model {
     Fc,
     /// Conv 9-layer: 3 blocks of 3 3x3 convolutions with spline activations (image sides divisible by 4).
     Conv,
+    /// Glow: --levels levels of --steps steps (ActNorm, 1x1 or kxk mixing, affine coupling
+    /// with a conditioner of --width channels), a learned-prior split between levels.
+    Glow,
 }
 
 /// Self-normalizing or exact gradients.
@@ -72,6 +76,32 @@ pub enum Mixing {
     Emerging,
     /// Convolution exponentials (exact 1x1, then exp of a 3x3 convolution), exact gradients.
     Convexp,
+    /// Glow: the invertible 1x1 convolution, exact gradients (W^{-T} by LU).
+    Exact1x1,
+    /// Glow: a self-normalizing 1x1 convolution.
+    Snf1x1,
+    /// Glow: a self-normalizing 3x3 convolution.
+    Snf3x3,
+    /// Glow: a self-normalizing 5x5 convolution (Table 5).
+    Snf5x5,
+}
+
+impl Mixing {
+    /// Glow's mixing layers (the rest belong to the conv model).
+    pub fn is_glow(self) -> bool {
+        matches!(self, Mixing::Exact1x1 | Mixing::Snf1x1 | Mixing::Snf3x3 | Mixing::Snf5x5)
+    }
+}
+
+/// Glow's size (with `--model glow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlowArch {
+    /// Levels L.
+    pub levels: usize,
+    /// Steps K per level.
+    pub steps: usize,
+    /// Conditioner width.
+    pub width: usize,
 }
 
 /// Floating-point precision of the model.
@@ -95,9 +125,12 @@ pub struct RunSettings {
     pub model: Model,
     /// Gradient.
     pub grad: Grad,
-    /// The conv model's mixing layers.
+    /// The conv model's or Glow's mixing layers.
     #[serde(default)]
     pub mixing: Mixing,
+    /// Glow's levels, steps and width (`--model glow` only).
+    #[serde(default)]
+    pub glow: Option<GlowArch>,
     /// Precision.
     pub precision: Precision,
     /// The data set format.
@@ -335,8 +368,20 @@ pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
                 Mixing::Conv3x3 => ConvMixing::Conv3x3(gradient),
                 Mixing::Emerging => ConvMixing::Emerging,
                 Mixing::Convexp => ConvMixing::ConvExp,
+                m => return Err(CliError::Usage(format!("--mixing {m:?} is one of Glow's (--model glow)").to_lowercase())),
             };
             conv_nine_layer_with::<T, _>(shape, mixing, &mut rng)?
+        }
+        Model::Glow => {
+            let arch = s.glow.ok_or_else(|| CliError::Usage("a glow run without levels, steps and width".into()))?;
+            let mixing = match s.mixing {
+                Mixing::Exact1x1 => GlowMixing::Exact1x1,
+                Mixing::Snf1x1 => GlowMixing::Snf1x1,
+                Mixing::Snf3x3 => GlowMixing::Snf(3),
+                Mixing::Snf5x5 => GlowMixing::Snf(5),
+                m => return Err(CliError::Usage(format!("--mixing {m:?} is the conv model's (use exact1x1, snf1x1, snf3x3 or snf5x5)").to_lowercase())),
+            };
+            glow::<T, _>(shape, GlowConfig::new(arch.levels, arch.steps, arch.width, mixing), &mut rng)?
         }
     })
 }

@@ -11,7 +11,7 @@ use snf::train::{Adaptive, Geco, Lambda, TrainConfig, Trainer};
 use snf::Real;
 
 use crate::error::{CliError, Result};
-use crate::run::{absolute, build_model, describe_data, load_data, CheckpointMeta, DatasetKind, Grad, Mixing, Model, Precision, RunDir, RunSettings};
+use crate::run::{absolute, build_model, describe_data, load_data, CheckpointMeta, DatasetKind, GlowArch, Grad, Mixing, Model, Precision, RunDir, RunSettings};
 use snf::data::{Images, Splits};
 
 #[derive(clap::Args)]
@@ -22,14 +22,25 @@ pub struct Args {
     /// Self-normalizing or exact gradients [default: snf; exact with --mixing emerging|convexp].
     #[arg(long, value_enum)]
     grad: Option<Grad>,
-    /// The conv model's mixing layers: 3x3 convolutions (--grad snf|exact), or Table 1's
+    /// The mixing layers. Conv model: 3x3 convolutions (--grad snf|exact), or Table 1's
     /// baselines, emerging convolutions or convolution exponentials (exact gradients).
+    /// Glow: exact1x1, snf1x1, snf3x3 or snf5x5 [default for glow: snf1x1, or exact1x1
+    /// with --grad exact].
     #[arg(long, value_enum, default_value = "conv3x3")]
     mixing: Mixing,
+    /// Glow: levels L (one squeeze each; image sides divisible by 2^L).
+    #[arg(long)]
+    levels: Option<usize>,
+    /// Glow: steps K per level.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Glow: hidden channels of each coupling's conditioner.
+    #[arg(long)]
+    width: Option<usize>,
     /// Total epochs (with --resume: the new total).
     #[arg(long)]
     epochs: Option<usize>,
-    /// Peak learning rate [default: 1e-4 for fc, 1e-3 for conv, the paper's].
+    /// Peak learning rate [default: 1e-4 for fc, 1e-3 for conv and glow, the paper's].
     #[arg(long)]
     lr: Option<f64>,
     /// A fixed reconstruction penalty λ (the paper's; default: the adaptive λ, see
@@ -118,7 +129,8 @@ pub fn run(a: Args) -> Result<()> {
         None if a.resume => return Err(CliError::Usage("--resume needs --out RUN_DIR".into())),
         // a fresh default folder, so that the quickstart command can be run again
         None => {
-            let base = format!("runs/{}-{}", model_name(a.model), method_name(a.mixing, a.grad.unwrap_or(Grad::Snf)));
+            let (m, g) = glow_mixing(&a)?;
+            let base = format!("runs/{}-{}", model_name(a.model), method_name(m, g));
             (1..)
                 .map(|k| if k == 1 { PathBuf::from(&base) } else { PathBuf::from(format!("{base}-{k}")) })
                 .find(|p| !RunDir::new(p.clone()).last().exists())
@@ -233,6 +245,7 @@ fn model_name(m: Model) -> &'static str {
     match m {
         Model::Fc => "fc",
         Model::Conv => "conv",
+        Model::Glow => "glow",
     }
 }
 
@@ -242,6 +255,35 @@ fn method_name(m: Mixing, g: Grad) -> &'static str {
         Mixing::Conv3x3 => grad_name(g),
         Mixing::Emerging => "emerging",
         Mixing::Convexp => "convexp",
+        Mixing::Exact1x1 => "exact1x1",
+        Mixing::Snf1x1 => "snf1x1",
+        Mixing::Snf3x3 => "snf3x3",
+        Mixing::Snf5x5 => "snf5x5",
+    }
+}
+
+/// Glow's defaults (Table 5's small model).
+const GLOW_DEFAULT: GlowArch = GlowArch { levels: 2, steps: 4, width: 16 };
+
+/// The mixing and gradient a run trains with: for Glow, --mixing's default (conv3x3)
+/// becomes snf1x1 (or exact1x1 with --grad exact), and Glow's mixing decides the gradient.
+fn glow_mixing(a: &Args) -> Result<(Mixing, Grad)> {
+    if a.model != Model::Glow {
+        if a.mixing.is_glow() {
+            return Err(CliError::Usage(format!("--mixing {} needs --model glow", method_name(a.mixing, Grad::Snf))));
+        }
+        if a.levels.is_some() || a.steps.is_some() || a.width.is_some() {
+            return Err(CliError::Usage("--levels, --steps and --width are Glow's (--model glow)".into()));
+        }
+        return Ok((a.mixing, a.grad.unwrap_or(Grad::Snf)));
+    }
+    match (a.mixing, a.grad) {
+        (Mixing::Conv3x3, None | Some(Grad::Snf)) => Ok((Mixing::Snf1x1, Grad::Snf)),
+        (Mixing::Conv3x3, Some(Grad::Exact)) => Ok((Mixing::Exact1x1, Grad::Exact)),
+        (Mixing::Exact1x1, None | Some(Grad::Exact)) => Ok((Mixing::Exact1x1, Grad::Exact)),
+        (m @ (Mixing::Snf1x1 | Mixing::Snf3x3 | Mixing::Snf5x5), None | Some(Grad::Snf)) => Ok((m, Grad::Snf)),
+        (Mixing::Emerging | Mixing::Convexp, _) => Err(CliError::Usage("--mixing emerging|convexp needs --model conv".into())),
+        (m, Some(g)) => Err(CliError::Usage(format!("--mixing {} does not train with --grad {}", method_name(m, g), grad_name(g)))),
     }
 }
 
@@ -254,7 +296,14 @@ fn grad_name(g: Grad) -> &'static str {
 }
 
 fn settings_from(a: &Args) -> Result<RunSettings> {
+    let (mixing, glow_grad) = glow_mixing(a)?;
+    let glow = (a.model == Model::Glow).then(|| GlowArch {
+        levels: a.levels.unwrap_or(GLOW_DEFAULT.levels),
+        steps: a.steps.unwrap_or(GLOW_DEFAULT.steps),
+        width: a.width.unwrap_or(GLOW_DEFAULT.width),
+    });
     let grad = match (a.mixing, a.grad) {
+        _ if a.model == Model::Glow => glow_grad,
         (Mixing::Conv3x3, g) => g.unwrap_or(Grad::Snf),
         (_, None | Some(Grad::Exact)) if a.model == Model::Conv => Grad::Exact,
         (m, _) if a.model == Model::Conv => {
@@ -265,7 +314,7 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         }
         _ => return Err(CliError::Usage("--mixing emerging|convexp needs --model conv".into())),
     };
-    let lr = a.lr.unwrap_or(if a.model == Model::Conv { 1e-3 } else { 1e-4 });
+    let lr = a.lr.unwrap_or(if a.model == Model::Fc { 1e-4 } else { 1e-3 });
     let lambda = match (a.geco_target, a.lambda) {
         (Some(t), l) => {
             let mut g = Geco::new(t, l.unwrap_or(1.0));
@@ -312,7 +361,8 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         run_id: format!("{:016x}", rand::random::<u64>()),
         model: a.model,
         grad,
-        mixing: a.mixing,
+        mixing,
+        glow,
         precision: a.precision,
         dataset: a.dataset,
         data: absolute(&a.data)?,
@@ -346,9 +396,10 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
             "{} {} model, {}, {}: {} training / {} validation images of {}, epochs {first}..={total}, run folder {}",
             if resume { "resuming" } else { "training" },
             model_name(s.model),
-            match s.mixing {
-                Mixing::Conv3x3 => format!("{} gradients", grad_name(s.grad)),
-                m => format!("{} mixing", method_name(m, s.grad)),
+            match (s.mixing, s.glow) {
+                (Mixing::Conv3x3, _) => format!("{} gradients", grad_name(s.grad)),
+                (m, Some(g)) => format!("{} mixing, {} levels x {} steps, width {}", method_name(m, s.grad), g.levels, g.steps, g.width),
+                (m, None) => format!("{} mixing", method_name(m, s.grad)),
             },
             describe_data(s),
             data.train.len(),
