@@ -527,3 +527,54 @@ fn conv_baselines_train_evaluate_and_sample() {
     assert!(e.contains("exact"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// `snf train --model glow` with each mixing: run folder and settings, the layer layout
+/// (levels x steps of ActNorm, mixing, coupling; a split between levels), evaluation,
+/// sampling through both inverses for SNF mixing, resume, and the flags' typed errors.
+#[test]
+fn glow_trains_evaluates_samples_and_resumes() {
+    let root = tmp("glow");
+    for (mixing, grad, kind) in [("snf1x1", "snf", "snf-conv"), ("exact1x1", "exact", "inv-conv1x1"), ("snf5x5", "snf", "snf-conv")] {
+        let out = root.join(mixing);
+        let o = Command::new(BIN)
+            .args(["train", "--model", "glow", "--mixing", mixing, "--levels", "2", "--steps", "2", "--width", "8"])
+            .args(["--train-subset", "200", "--valid-subset", "100", "--epochs", "1", "--warmup", "0", "--samples", "4", "--out"])
+            .arg(&out)
+            .env_remove("SNF_FAULT")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{mixing}: {stderr}");
+        assert!(stderr.contains(&format!("{mixing} mixing, 2 levels x 2 steps, width 8")), "{mixing}: {stderr}");
+        assert_eq!(stdout.contains("learned inverse"), grad == "snf", "{mixing}: {stdout}");
+        let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!((run["mixing"].as_str(), run["grad"].as_str()), (Some(mixing), Some(grad)));
+        assert_eq!(run["glow"]["steps"], 2);
+        let kinds: Vec<&str> = load(&out.join("checkpoints/best.safetensors")).flow.layers().iter().map(|l| l.kind()).collect();
+        for (k, n) in [("actnorm", 4), (kind, 4), ("affine-coupling", 4), ("split", 1), ("squeeze", 2)] {
+            assert_eq!(kinds.iter().filter(|x| **x == k).count(), n, "{mixing}: {k} in {kinds:?}");
+        }
+        let eval = ok(&["eval", &out.display().to_string(), "--split", "valid", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+        assert!(v["nll_nats"].as_f64().is_some_and(|n| n.is_finite() && n > 0.0), "{eval}");
+        assert!(out.join("samples.png").is_file(), "{mixing}: no samples");
+    }
+    let resumed = ok(&["train", "--resume", "--out", &root.join("snf1x1").display().to_string(), "--epochs", "2", "--samples", "0", "--quiet"]);
+    assert!(resumed.contains("test NLL"), "{resumed}");
+    let d = root.join("bad").display().to_string();
+    for (args, want) in [
+        (vec!["--mixing", "snf1x1"], "--model glow"),
+        (vec!["--model", "conv", "--levels", "3"], "Glow's"),
+        (vec!["--model", "glow", "--mixing", "snf1x1", "--grad", "exact"], "--grad exact"),
+        (vec!["--model", "glow", "--mixing", "emerging"], "--model conv"),
+        (vec!["--model", "glow", "--levels", "3"], "divisible by 2^3"),
+        (vec!["--model", "glow", "--width", "0"], "positive"),
+    ] {
+        let mut a = vec!["train"];
+        a.extend(args);
+        a.extend(["--out", &d, "--force"]);
+        let e = fails(&a);
+        assert!(e.contains(want), "{a:?}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -122,8 +122,10 @@ fn conv_steps(par: Par) -> usize {
 
 /// Allocations in 5 whole-flow training steps (forward, backward sweep, Adam over every
 /// transform's (parameter, gradient) pairs) through the `Transform` API: the FC model,
-/// the conv model and a multi-scale flow with a split, at small image shapes.
+/// the conv model, a multi-scale flow with a split, the conv baselines and Glow with each
+/// mixing, at small image shapes.
 fn flow_steps(par: Par) -> Vec<(&'static str, usize)> {
+    use snf::flow::glow::{glow, GlowConfig, GlowMixing};
     use snf::flow::models::{conv_nine_layer, conv_nine_layer_with, fc_two_layer, ConvMixing, Gradient};
     use snf::flow::Flow;
     use snf::prelude::{Shape, Split, Squeeze};
@@ -143,11 +145,15 @@ fn flow_steps(par: Par) -> Vec<(&'static str, usize)> {
         ("multiscale", multiscale),
         ("conv-emerging", conv_nine_layer_with::<f32, _>(shape, ConvMixing::Emerging, &mut rng).unwrap()),
         ("conv-exp", conv_nine_layer_with::<f32, _>(shape, ConvMixing::ConvExp, &mut rng).unwrap()),
+        ("glow-exact1x1", glow::<f32, _>(shape, GlowConfig::new(2, 2, 8, GlowMixing::Exact1x1), &mut rng).unwrap()),
+        ("glow-snf1x1", glow::<f32, _>(shape, GlowConfig::new(2, 2, 8, GlowMixing::Snf1x1), &mut rng).unwrap()),
+        ("glow-snf3x3", glow::<f32, _>(shape, GlowConfig::new(2, 2, 8, GlowMixing::Snf(3)), &mut rng).unwrap()),
     ];
     let b = 16;
     let x = Mat::<f32>::from_fn(64, b, |i, j| ((i * 7 + j * 13) % 255) as f32 + 0.5);
     let mut out = Vec::new();
     for (name, mut flow) in flows {
+        flow.data_init(x.as_ref(), par).unwrap(); // Glow's ActNorms (allocates: once, before training)
         let mut ws = flow.workspace(b, par).unwrap();
         let mut grads = flow.zero_grads();
         let cfg = AdamConfig { lr: 1e-4, ..Default::default() };
