@@ -1,7 +1,7 @@
 //! One training step of Glow on MNIST (batch 100, f32, both cores): forward + loss (with the
 //! reconstruction term for self-normalizing mixing) + backward + Adam, for Table 5's
 //! 2L-4K (width 16) and the paper's MNIST 2L-16K (width 512), exact 1x1 vs
-//! self-normalizing 1x1 (and SNF 5x5 for 2L-4K) mixing, timed in the same run; plus the
+//! LU-parametrised 1x1 vs self-normalizing 1x1 (and SNF 5x5 for 2L-4K) mixing, timed in the same run; plus the
 //! share of the step in the coupling conditioners vs the mixing layers: each group's
 //! forward + backward alone, on the inputs it sees in the flow.
 //!
@@ -64,7 +64,7 @@ fn bench_step(group: &mut Group<'_>, name: &str, mut flow: Flow<f32>, parts: boo
     flow.data_init(x.as_ref(), par).unwrap();
     if parts {
         bench_layers(group, &format!("{name}_conditioners_only"), &flow, &["affine-coupling"]);
-        bench_layers(group, &format!("{name}_mixing_only"), &flow, &["inv-conv1x1", "snf-conv"]);
+        bench_layers(group, &format!("{name}_mixing_only"), &flow, &["inv-conv1x1", "lu-conv1x1", "snf-conv"]);
     }
     let mut ws = flow.workspace(B, par).unwrap();
     let mut grads = flow.zero_grads();
@@ -87,7 +87,7 @@ fn glow_4k(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("glow_2l4k_w16_step_f32");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(4));
-    for (name, mixing) in [("exact1x1", GlowMixing::Exact1x1), ("snf1x1", GlowMixing::Snf1x1), ("snf5x5", GlowMixing::Snf(5))] {
+    for (name, mixing) in [("exact1x1", GlowMixing::Exact1x1), ("lu1x1", GlowMixing::Lu1x1), ("snf1x1", GlowMixing::Snf1x1), ("snf5x5", GlowMixing::Snf(5))] {
         let flow = glow::<f32, _>(snf::data::mnist::SHAPE, GlowConfig::table5_2l_4k(mixing), &mut snf::init::rng(0)).unwrap();
         bench_step(&mut group, name, flow, true);
     }
@@ -100,9 +100,9 @@ fn glow_16k(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("glow_2l16k_w512_step_f32");
     group.sample_size(10).warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_secs(20));
-    for (name, mixing) in [("exact1x1", GlowMixing::Exact1x1), ("snf1x1", GlowMixing::Snf1x1)] {
+    for (name, mixing) in [("exact1x1", GlowMixing::Exact1x1), ("lu1x1", GlowMixing::Lu1x1), ("snf1x1", GlowMixing::Snf1x1)] {
         let flow = glow::<f32, _>(snf::data::mnist::SHAPE, GlowConfig::mnist_2l_16k(mixing), &mut snf::init::rng(0)).unwrap();
-        bench_step(&mut group, name, flow, name == "snf1x1");
+        bench_step(&mut group, name, flow, true);
     }
     group.finish();
 }

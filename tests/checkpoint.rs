@@ -90,7 +90,7 @@ fn glow_round_trips_bit_for_bit() {
     use snf::layers::AffineCoupling;
     let shape = snf::prelude::Shape::image(1, 8, 8);
     let x = Mat::from_fn(64, 4, |i, j| ((i * 7 + j * 13) % 256) as f64 + 0.5);
-    for (seed, mixing) in [GlowMixing::Exact1x1, GlowMixing::Snf1x1, GlowMixing::Snf(5)].into_iter().enumerate() {
+    for (seed, mixing) in [GlowMixing::Exact1x1, GlowMixing::Lu1x1, GlowMixing::Snf1x1, GlowMixing::Snf(5)].into_iter().enumerate() {
         let mut flow = glow::<f64, _>(shape, GlowConfig::new(2, 2, 4, mixing), &mut snf::init::rng(30 + seed as u64)).unwrap();
         flow.data_init(x.as_ref(), Par::Seq).unwrap();
         for l in flow.layers_mut() {

@@ -534,7 +534,9 @@ fn conv_baselines_train_evaluate_and_sample() {
 #[test]
 fn glow_trains_evaluates_samples_and_resumes() {
     let root = tmp("glow");
-    for (mixing, grad, kind) in [("snf1x1", "snf", "snf-conv"), ("exact1x1", "exact", "inv-conv1x1"), ("snf5x5", "snf", "snf-conv")] {
+    for (mixing, grad, kind) in
+        [("snf1x1", "snf", "snf-conv"), ("exact1x1", "exact", "inv-conv1x1"), ("lu1x1", "exact", "lu-conv1x1"), ("snf5x5", "snf", "snf-conv")]
+    {
         let out = root.join(mixing);
         let o = Command::new(BIN)
             .args(["train", "--model", "glow", "--mixing", mixing, "--levels", "2", "--steps", "2", "--width", "8"])

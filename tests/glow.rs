@@ -18,7 +18,7 @@ use snf::grad::angle_degrees;
 use snf::layers::ActNorm;
 use snf::prelude::*;
 
-const MIXINGS: [GlowMixing; 3] = [GlowMixing::Exact1x1, GlowMixing::Snf1x1, GlowMixing::Snf(3)];
+const MIXINGS: [GlowMixing; 4] = [GlowMixing::Exact1x1, GlowMixing::Lu1x1, GlowMixing::Snf1x1, GlowMixing::Snf(3)];
 
 /// Pixel-like inputs in (0, 256).
 fn pixels(d: usize, b: usize, salt: usize) -> Mat<f64> {
@@ -156,7 +156,11 @@ fn glow_gradients_match_finite_differences() {
         for (kind, blocks) in [("actnorm", 8), ("affine-coupling", 32), ("split", 2)] {
             assert!(checked.get(kind).copied().unwrap_or(0) >= blocks, "{mixing:?}: {kind} blocks not checked: {checked:?}");
         }
-        let mix = if mixing.is_self_normalizing() { "snf-conv" } else { "inv-conv1x1" };
+        let mix = match mixing {
+            GlowMixing::Exact1x1 => "inv-conv1x1",
+            GlowMixing::Lu1x1 => "lu-conv1x1",
+            _ => "snf-conv",
+        };
         assert!(checked.get(mix).copied().unwrap_or(0) >= 4, "{mixing:?}: mixing not checked: {checked:?}");
     }
 }

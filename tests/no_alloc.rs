@@ -146,6 +146,7 @@ fn flow_steps(par: Par) -> Vec<(&'static str, usize)> {
         ("conv-emerging", conv_nine_layer_with::<f32, _>(shape, ConvMixing::Emerging, &mut rng).unwrap()),
         ("conv-exp", conv_nine_layer_with::<f32, _>(shape, ConvMixing::ConvExp, &mut rng).unwrap()),
         ("glow-exact1x1", glow::<f32, _>(shape, GlowConfig::new(2, 2, 8, GlowMixing::Exact1x1), &mut rng).unwrap()),
+        ("glow-lu1x1", glow::<f32, _>(shape, GlowConfig::new(2, 2, 8, GlowMixing::Lu1x1), &mut rng).unwrap()),
         ("glow-snf1x1", glow::<f32, _>(shape, GlowConfig::new(2, 2, 8, GlowMixing::Snf1x1), &mut rng).unwrap()),
         ("glow-snf3x3", glow::<f32, _>(shape, GlowConfig::new(2, 2, 8, GlowMixing::Snf(3)), &mut rng).unwrap()),
     ];

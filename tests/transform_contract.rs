@@ -28,8 +28,8 @@ use snf::activation::{Elementwise, LeakyRelu, SmoothLeakyRelu, SplineActivation,
 use snf::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use snf::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
 use snf::layers::{
-    ActNorm, AffineCoupling, AffineCouplingConfig, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, Direction, InvConv1x1, Preprocess,
-    Split, Squeeze, Standardize,
+    ActNorm, AffineCoupling, AffineCouplingConfig, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, Direction, InvConv1x1, LuConv1x1,
+    Preprocess, Split, Squeeze, Standardize,
 };
 use snf::prelude::*;
 
@@ -153,6 +153,13 @@ fn cases() -> Vec<Case> {
         let name = if k == 0 { "affine-coupling (odd C)" } else { "affine-coupling (even C, H != W)" };
         out.push(Case { name, t: Box::new(cp), shape, x });
     }
+    // Glow's LU-parametrised 1x1 convolution, off its orthogonal start
+    let mut lu = LuConv1x1::<f64>::new(img, &mut rng(60)).unwrap();
+    for (j, mut p) in lu.params_mut().into_iter().enumerate() {
+        let n = gaussian(p.nrows(), p.ncols(), 0.3, &mut rng(61 + j as u64));
+        faer::zip!(p.as_mut(), n.as_ref()).for_each(|faer::unzip!(p, n)| *p += *n);
+    }
+    out.push(Case { name: "lu-conv1x1", t: Box::new(lu), shape: img, x: flat(18, 1.0, 64) });
     out
 }
 
@@ -178,6 +185,7 @@ fn every_builtin_transform_meets_the_contract() {
         "conv-exp",
         "actnorm",
         "affine-coupling",
+        "lu-conv1x1",
     ] {
         assert!(kinds.contains(&k), "no contract case for {k}");
     }

@@ -56,7 +56,7 @@ impl<T: Real> std::fmt::Debug for Registry<T> {
 }
 
 /// The built-in kinds.
-const BUILTIN: [&str; 17] = [
+const BUILTIN: [&str; 18] = [
     "preprocess",
     "snf-linear",
     "exact-linear",
@@ -74,6 +74,7 @@ const BUILTIN: [&str; 17] = [
     "conv-exp",
     "actnorm",
     "affine-coupling",
+    "lu-conv1x1",
 ];
 
 fn build_builtin<T: Real>(spec: &serde_json::Value, tensors: &mut LayerTensors<'_, T>) -> Result<Box<dyn Transform<T>>> {

@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
 use crate::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
 use crate::layers::{
-    ActNorm, AffineCoupling, AffineCouplingConfig, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, InvConv1x1, Preprocess, Split,
-    Squeeze, Standardize,
+    ActNorm, AffineCoupling, AffineCouplingConfig, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, InvConv1x1, LuConv1x1, Preprocess,
+    Split, Squeeze, Standardize,
 };
 use crate::real::Real;
 use crate::shape::Shape;
@@ -104,6 +104,15 @@ pub enum LayerSpec {
         #[serde(default = "yes")]
         initialized: bool,
     },
+    /// [`LuConv1x1`] (tensors `l`, `u`, `logs`).
+    LuConv1x1 {
+        /// Image shape `[C, H, W]`.
+        shape: [usize; 3],
+        /// The fixed permutation.
+        perm: Vec<usize>,
+        /// The fixed signs of the diagonal.
+        sign: Vec<f64>,
+    },
     /// [`InvConv1x1`] (tensor `w`).
     InvConv1x1 {
         /// Image shape `[C, H, W]`.
@@ -140,6 +149,7 @@ impl LayerSpec {
             LayerSpec::Split { .. } => vec!["k", "c"],
             LayerSpec::InvConv1x1 { .. } => vec!["w"],
             LayerSpec::Actnorm { .. } => vec!["logs", "b"],
+            LayerSpec::LuConv1x1 { .. } => vec!["l", "u", "logs"],
             LayerSpec::AffineCoupling { .. } => vec!["k1", "logs1", "b1", "k2", "logs2", "b2", "k3", "c3"],
             LayerSpec::AutoregressiveConv(c) => bias(c.bias, vec!["k"]),
             LayerSpec::ConvExp(c) => bias(c.bias, vec!["k"]),
@@ -214,6 +224,10 @@ impl LayerSpec {
                 let (logs, b) = (next()?, next()?);
                 Box::new(ActNorm::from_parts(Shape::from(*shape), logs, b, *initialized)?)
             }
+            LayerSpec::LuConv1x1 { shape, perm, sign } => {
+                let (l, u, logs) = (next()?, next()?, next()?);
+                Box::new(LuConv1x1::from_parts(Shape::from(*shape), perm.clone(), sign.clone(), l, u, logs)?)
+            }
             LayerSpec::AffineCoupling { config, initialized } => {
                 let p = [next()?, next()?, next()?, next()?, next()?, next()?, next()?, next()?];
                 Box::new(AffineCoupling::from_parts(*config, p, *initialized)?)
@@ -248,9 +262,11 @@ impl LayerSpec {
         match self {
             LayerSpec::SnfLinear { dim, .. } | LayerSpec::ExactLinear { dim, .. } | LayerSpec::RelativeLinear { dim, .. } => big(Some(*dim), "a linear layer"),
             LayerSpec::SnfConv(c) | LayerSpec::ExactConv(c) => big(conv_dim(c), "a convolution"),
-            LayerSpec::Squeeze { shape } | LayerSpec::Split { shape } | LayerSpec::InvConv1x1 { shape } | LayerSpec::Actnorm { shape, .. } => {
-                Shape::from(*shape).checked_dim().map(|_| ())
-            }
+            LayerSpec::Squeeze { shape }
+            | LayerSpec::Split { shape }
+            | LayerSpec::InvConv1x1 { shape }
+            | LayerSpec::Actnorm { shape, .. }
+            | LayerSpec::LuConv1x1 { shape, .. } => Shape::from(*shape).checked_dim().map(|_| ()),
             LayerSpec::AutoregressiveConv(c) => Shape::image(c.channels, c.input[0], c.input[1]).checked_dim().map(|_| ()),
             LayerSpec::ConvExp(c) => Shape::image(c.channels, c.input[0], c.input[1]).checked_dim().map(|_| ()),
             LayerSpec::AffineCoupling { config, .. } => {

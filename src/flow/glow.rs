@@ -10,7 +10,7 @@ use super::Flow;
 use crate::conv::{flip, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::layers::conv::{SelfNormConv2d, SelfNormConv2dConfig};
-use crate::layers::{random_orthogonal, ActNorm, AffineCoupling, AffineCouplingConfig, InvConv1x1, Preprocess, Split, Squeeze};
+use crate::layers::{random_orthogonal, ActNorm, AffineCoupling, AffineCouplingConfig, InvConv1x1, LuConv1x1, Preprocess, Split, Squeeze};
 use crate::real::Real;
 use crate::shape::Shape;
 use crate::transform::Transform;
@@ -22,6 +22,9 @@ pub enum GlowMixing {
     /// Glow's invertible 1x1 convolution, trained with the exact gradient ($W^{-T}$ by LU
     /// of the `C x C` weight each step).
     Exact1x1,
+    /// Glow's LU-parametrised 1x1 convolution $W = PL(U + \mathrm{diag}(s))$, exact
+    /// gradients without an inverse ([`LuConv1x1`]).
+    Lu1x1,
     /// A self-normalizing 1x1 convolution: a `C x C` SNF linear layer applied at every
     /// pixel (Eqs. 10–20 with multiplicity $HW$), no bias (ActNorm has it).
     Snf1x1,
@@ -33,7 +36,7 @@ pub enum GlowMixing {
 impl GlowMixing {
     /// Whether the mixing layers are self-normalizing.
     pub fn is_self_normalizing(self) -> bool {
-        !matches!(self, GlowMixing::Exact1x1)
+        !matches!(self, GlowMixing::Exact1x1 | GlowMixing::Lu1x1)
     }
 }
 
@@ -135,6 +138,7 @@ pub fn glow<T: Real, R: Rng>(shape: Shape, config: GlowConfig, rng: &mut R) -> R
             layers.push(Box::new(ActNorm::<T>::new(img)?));
             match mixing {
                 GlowMixing::Exact1x1 => layers.push(Box::new(InvConv1x1::<T>::new(img, rng)?)),
+                GlowMixing::Lu1x1 => layers.push(Box::new(LuConv1x1::<T>::new(img, rng)?)),
                 GlowMixing::Snf1x1 => layers.push(Box::new(snf_mixing_conv::<T>(img, 1, rng)?)),
                 GlowMixing::Snf(k) => layers.push(Box::new(snf_mixing_conv::<T>(img, k, rng)?)),
             }

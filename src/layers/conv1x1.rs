@@ -134,7 +134,7 @@ impl<T: Real> InvConv1x1<T> {
 }
 
 /// `out_b = in_b * M` for every example (both `HW x C` views), parallel over examples.
-fn per_pixel<T: Real>(op: &'static str, input: MatRef<'_, T>, out: MatMut<'_, T>, m: MatRef<'_, T>, hw: usize, par: Par) -> Result<()> {
+pub(crate) fn per_pixel<T: Real>(op: &'static str, input: MatRef<'_, T>, out: MatMut<'_, T>, m: MatRef<'_, T>, hw: usize, par: Par) -> Result<()> {
     let c = m.nrows();
     let input = crate::conv::ops::contiguous(op, input)?;
     let out = crate::conv::ops::contiguous_mut(op, out)?;

@@ -78,6 +78,8 @@ pub enum Mixing {
     Convexp,
     /// Glow: the invertible 1x1 convolution, exact gradients (W^{-T} by LU).
     Exact1x1,
+    /// Glow: the LU-parametrised 1x1 convolution, exact gradients without an inverse.
+    Lu1x1,
     /// Glow: a self-normalizing 1x1 convolution.
     Snf1x1,
     /// Glow: a self-normalizing 3x3 convolution.
@@ -89,7 +91,7 @@ pub enum Mixing {
 impl Mixing {
     /// Glow's mixing layers (the rest belong to the conv model).
     pub fn is_glow(self) -> bool {
-        matches!(self, Mixing::Exact1x1 | Mixing::Snf1x1 | Mixing::Snf3x3 | Mixing::Snf5x5)
+        matches!(self, Mixing::Exact1x1 | Mixing::Lu1x1 | Mixing::Snf1x1 | Mixing::Snf3x3 | Mixing::Snf5x5)
     }
 }
 
@@ -376,10 +378,11 @@ pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
             let arch = s.glow.ok_or_else(|| CliError::Usage("a glow run without levels, steps and width".into()))?;
             let mixing = match s.mixing {
                 Mixing::Exact1x1 => GlowMixing::Exact1x1,
+                Mixing::Lu1x1 => GlowMixing::Lu1x1,
                 Mixing::Snf1x1 => GlowMixing::Snf1x1,
                 Mixing::Snf3x3 => GlowMixing::Snf(3),
                 Mixing::Snf5x5 => GlowMixing::Snf(5),
-                m => return Err(CliError::Usage(format!("--mixing {m:?} is the conv model's (use exact1x1, snf1x1, snf3x3 or snf5x5)").to_lowercase())),
+                m => return Err(CliError::Usage(format!("--mixing {m:?} is the conv model's (use exact1x1, lu1x1, snf1x1, snf3x3 or snf5x5)").to_lowercase())),
             };
             glow::<T, _>(shape, GlowConfig::new(arch.levels, arch.steps, arch.width, mixing), &mut rng)?
         }

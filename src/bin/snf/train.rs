@@ -24,7 +24,7 @@ pub struct Args {
     grad: Option<Grad>,
     /// The mixing layers. Conv model: 3x3 convolutions (--grad snf|exact), or Table 1's
     /// baselines, emerging convolutions or convolution exponentials (exact gradients).
-    /// Glow: exact1x1, snf1x1, snf3x3 or snf5x5 [default for glow: snf1x1, or exact1x1
+    /// Glow: exact1x1, lu1x1, snf1x1, snf3x3 or snf5x5 [default for glow: snf1x1, or exact1x1
     /// with --grad exact].
     #[arg(long, value_enum, default_value = "conv3x3")]
     mixing: Mixing,
@@ -256,6 +256,7 @@ fn method_name(m: Mixing, g: Grad) -> &'static str {
         Mixing::Emerging => "emerging",
         Mixing::Convexp => "convexp",
         Mixing::Exact1x1 => "exact1x1",
+        Mixing::Lu1x1 => "lu1x1",
         Mixing::Snf1x1 => "snf1x1",
         Mixing::Snf3x3 => "snf3x3",
         Mixing::Snf5x5 => "snf5x5",
@@ -280,7 +281,7 @@ fn glow_mixing(a: &Args) -> Result<(Mixing, Grad)> {
     match (a.mixing, a.grad) {
         (Mixing::Conv3x3, None | Some(Grad::Snf)) => Ok((Mixing::Snf1x1, Grad::Snf)),
         (Mixing::Conv3x3, Some(Grad::Exact)) => Ok((Mixing::Exact1x1, Grad::Exact)),
-        (Mixing::Exact1x1, None | Some(Grad::Exact)) => Ok((Mixing::Exact1x1, Grad::Exact)),
+        (m @ (Mixing::Exact1x1 | Mixing::Lu1x1), None | Some(Grad::Exact)) => Ok((m, Grad::Exact)),
         (m @ (Mixing::Snf1x1 | Mixing::Snf3x3 | Mixing::Snf5x5), None | Some(Grad::Snf)) => Ok((m, Grad::Snf)),
         (Mixing::Emerging | Mixing::Convexp, _) => Err(CliError::Usage("--mixing emerging|convexp needs --model conv".into())),
         (m, Some(g)) => Err(CliError::Usage(format!("--mixing {} does not train with --grad {}", method_name(m, g), grad_name(g)))),
