@@ -11,10 +11,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${1:-4k}
 case "$SIZE" in
-    4k) EPOCHS=${EPOCHS:-8}; WARMUP=${WARMUP:-1}; arch="--levels 2 --steps 4 --width 16"; rows=(exact1x1 snf1x1 snf5x5) ;;
-    16k) EPOCHS=${EPOCHS:-1}; WARMUP=${WARMUP:-1}; arch="--levels 2 --steps 16 --width 512"; rows=(exact1x1 snf1x1) ;;
+    4k) EPOCHS=${EPOCHS:-8}; WARMUP=${WARMUP:-1}; arch="--levels 2 --steps 4 --width 16"; rows=(exact1x1 lu1x1 snf1x1 snf5x5) ;;
+    16k) EPOCHS=${EPOCHS:-1}; WARMUP=${WARMUP:-1}; arch="--levels 2 --steps 16 --width 512"; rows=(exact1x1 lu1x1 snf1x1) ;;
     *) echo "usage: $0 [4k|16k]" >&2; exit 2 ;;
 esac
+# ROWS="snf1x1 snf5x5" runs some rows only; self-normalizing rows train with the paper's
+# MNIST Glow penalty lambda = 100 (A.3) unless SNF_FLAGS says otherwise (e.g. "" for the
+# adaptive default, or "--geco-target 1e-3").
+if [ -n "${ROWS:-}" ]; then read -r -a rows <<< "$ROWS"; fi
+SNF_FLAGS=${SNF_FLAGS---lambda 100}
 if [ -z "${SNF_BIN:-}" ]; then cargo build --release --features cli --bin snf; fi
 SNF=${SNF_BIN:-target/release/snf}
 subset=()
@@ -24,8 +29,10 @@ for row in "${rows[@]}"; do
     if [ "${RESUME:-0}" = 1 ]; then
         $SNF train --resume --out "$out" --epochs "$EPOCHS" --quiet --samples 0
     else
+        extra=""
+        case "$row" in snf*) extra=$SNF_FLAGS ;; esac
         # shellcheck disable=SC2086
-        $SNF train --model glow $arch --mixing "$row" --epochs "$EPOCHS" --warmup "$WARMUP" --seed 0 --quiet --force --samples 16 "${subset[@]}" --out "$out"
+        $SNF train --model glow $arch --mixing "$row" $extra --epochs "$EPOCHS" --warmup "$WARMUP" --seed 0 --quiet --force --samples 16 "${subset[@]}" --out "$out"
     fi
     $SNF eval "$out" --json > "$out/test.json"
 done

@@ -160,3 +160,24 @@ fn resume_refuses_a_best_flow_of_another_model() {
     assert!(Trainer::resume(a.clone(), cfg, Par::Seq, state.clone(), Some(other)).is_err());
     assert!(Trainer::resume(a.clone(), cfg, Par::Seq, state, Some(t.best().unwrap().2.clone())).is_ok());
 }
+
+/// The exact path only measures the SNF-vs-exact angle: a batch where it cannot (a
+/// singular W, so no W^{-T}) goes unmeasured and self-normalizing training goes on. This
+/// aborted a Glow SNF 5x5 run ("Lu::solve_transpose_in_place: non-finite value") before
+/// the fix.
+#[test]
+fn an_exact_path_that_fails_does_not_stop_snf_training() {
+    let d = 4;
+    // rank 1: W^{-T} does not exist; R = I keeps the self-normalizing gradient finite
+    let w = Mat::from_fn(d, d, |i, j| (0.5 + 0.1 * i as f64) * (1.0 + j as f64));
+    assert!(snf::exact::log_abs_det(w.as_ref()).map_or(true, |v| !v.is_finite()), "W must be singular");
+    let r = Mat::from_fn(d, d, |i, j| if i == j { 1.0 } else { 0.0 });
+    let flow = Flow::<f64>::builder(Shape::flat(d)).then(SelfNormLinear::from_parts(w, r, None).unwrap()).build().unwrap();
+    let data = snf::data::Tensor::flat(Mat::from_fn(d, 100, |i, j| ((i * 31 + j * 7) % 13) as f64 / 13.0 - 0.5)).unwrap();
+    let cfg = TrainConfig { epochs: 1, batch: 50, angle_batches: 1, warmup_epochs: 0.0, ..Default::default() };
+    let mut t = Trainer::new(flow, cfg, Par::Seq).unwrap();
+    let rec = t.epoch(&data, &data).unwrap();
+    assert_eq!(rec.skipped_steps, 0);
+    assert!(rec.angles.is_empty(), "the failed batch must not be measured: {:?}", rec.angles);
+    assert!(rec.val_nll.is_finite(), "after the steps W is invertible again: {}", rec.val_nll);
+}

@@ -502,10 +502,17 @@ impl<T: Real> Trainer<T> {
             }
             let penalty = self.lambda.penalty();
             let x = self.batch.as_ref();
+            // the exact path only measures the angle: where it cannot (a singular or
+            // non-finite exact gradient) the batch goes unmeasured and training goes on
+            let mut measured = false;
             if s < self.cfg.angle_batches {
                 if let Some(eg) = self.exact_grads.as_mut() {
                     let ta = Instant::now();
-                    self.flow.exact_gradients_with(x, eg, &mut self.ws, penalty)?;
+                    match self.flow.exact_gradients_with(x, eg, &mut self.ws, penalty) {
+                        Ok(()) => measured = eg.all_finite(),
+                        Err(Error::Singular { .. } | Error::NonFinite { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
                     angle_time += ta.elapsed().as_secs_f64();
                 }
             }
@@ -520,12 +527,15 @@ impl<T: Real> Trainer<T> {
                 }
                 Err(e) => return Err(e),
             };
-            if let (true, Some(eg)) = (s < self.cfg.angle_batches, self.exact_grads.as_ref()) {
+            if let (true, Some(eg)) = (measured, self.exact_grads.as_ref()) {
                 for k in self.flow.self_normalizing() {
                     let a = self.grads.layers[k].blocks();
                     let b = eg.layers[k].blocks();
-                    angle_samples[k].push(crate::grad::angle_degrees(&a, &b)?);
-                    angle_w_samples[k].push(crate::grad::angle_degrees(&a[..1], &b[..1])?);
+                    // a zero or non-finite SNF gradient has no angle (the step is skipped below)
+                    if let (Ok(all), Ok(w)) = (crate::grad::angle_degrees(&a, &b), crate::grad::angle_degrees(&a[..1], &b[..1])) {
+                        angle_samples[k].push(all);
+                        angle_w_samples[k].push(w);
+                    }
                 }
             }
             if !(stats.reconstruction_error.is_finite() && stats.partial_log_prob.is_finite() && self.grads.all_finite()) {
