@@ -4,7 +4,7 @@
 # then the test NLL of each best checkpoint and a Markdown table.
 #   scripts/table5.sh          # Table 5's 2L-4K, width 16 (8 epochs, 1-epoch warm-up)
 #   scripts/table5.sh 16k      # the paper's MNIST 2L-16K, width 512 (exact 1x1 vs SNF 1x1)
-# EPOCHS=N, WARMUP=W, SUBSET=N (training images) override; SNF_BIN=path uses a prebuilt
+# EPOCHS=N, WARMUP=W, SUBSET=N (training images), VALID_SUBSET=N override; SNF_BIN=path uses a prebuilt
 # binary; RESUME=1 continues existing runs to EPOCHS (bit-exact resume).
 # Writes runs/table5-SIZE-ROW/ and prints the table (scripts/table1_table.py glow-SIZE).
 set -euo pipefail
@@ -24,6 +24,7 @@ if [ -z "${SNF_BIN:-}" ]; then cargo build --release --features cli --bin snf; f
 SNF=${SNF_BIN:-target/release/snf}
 subset=()
 if [ -n "${SUBSET:-}" ]; then subset=(--train-subset "$SUBSET"); fi
+if [ -n "${VALID_SUBSET:-}" ]; then subset+=(--valid-subset "$VALID_SUBSET"); fi
 for row in "${rows[@]}"; do
     out="runs/table5-$SIZE-$row"
     if [ "${RESUME:-0}" = 1 ]; then

@@ -561,6 +561,26 @@ fn glow_trains_evaluates_samples_and_resumes() {
         assert!(v["nll_nats"].as_f64().is_some_and(|n| n.is_finite() && n > 0.0), "{eval}");
         assert!(out.join("samples.png").is_file(), "{mixing}: no samples");
     }
+    // CIFAR-10 (generated files in its binary format): a small 3-level Glow, SNF vs exact
+    // 1x1, bits/dim and a colour sample grid
+    let cifar = root.join("cifar");
+    std::fs::create_dir_all(&cifar).unwrap();
+    common::files::write_cifar(&cifar, 12, 10);
+    for mixing in ["snf1x1", "exact1x1"] {
+        let out = root.join(format!("cifar-{mixing}"));
+        let o = Command::new(BIN)
+            .args(["train", "--model", "glow", "--mixing", mixing, "--levels", "3", "--steps", "1", "--width", "8", "--dataset", "cifar10"])
+            .args(["--data", &cifar.display().to_string(), "--valid-size", "10", "--epochs", "1", "--batch", "10", "--samples", "4", "--quiet", "--out"])
+            .arg(&out)
+            .env_remove("SNF_FAULT")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "cifar {mixing}: {stderr}");
+        assert!(stdout.contains("bits/dim"), "{stdout}");
+        let png = std::fs::read(out.join("samples.png")).unwrap();
+        assert_eq!(png[25], 2, "colour type RGB in the PNG header");
+    }
     let resumed = ok(&["train", "--resume", "--out", &root.join("snf1x1").display().to_string(), "--epochs", "2", "--samples", "0", "--quiet"]);
     assert!(resumed.contains("test NLL"), "{resumed}");
     let d = root.join("bad").display().to_string();
