@@ -32,7 +32,7 @@ PAPER = {
     ("glow-16k", "exact1x1"): "575.7 ± 0.8 (Table 1)",
     ("glow-16k", "snf1x1"): "575.4 ± 1.4 (Table 1)",
 }
-NAMES = {"exact1x1": "Glow 1x1 (exact)", "snf1x1": "SNF 1x1", "snf5x5": "SNF 5x5", "snf": "self-normalizing", "exact": "exact gradient", "relative": "relative gradient", "emerging": "emerging convolution", "convexp": "convolution exponential"}
+NAMES = {"exact1x1": "Glow 1x1 (exact)", "lu1x1": "Glow LU 1x1 (exact)", "snf1x1": "SNF 1x1", "snf5x5": "SNF 5x5", "snf": "self-normalizing", "exact": "exact gradient", "relative": "relative gradient", "emerging": "emerging convolution", "convexp": "convolution exponential"}
 
 
 def main():
@@ -54,7 +54,7 @@ def main():
     epochs = len(rows[0][1])
     shown = sorted({e for e in range(5, epochs + 1, 5)} | {epochs})
     glow = model.startswith("glow-")
-    extra = " angle (deg, last epoch) |" if glow else ""
+    extra = " angle all blocks / W (deg, last epoch) |" if glow else ""
     print(f"| {model} model | " + " | ".join(f"val NLL ep. {e}" for e in shown) + f" | test NLL (best ckpt) | bits/dim | s/epoch (median) |{extra} paper (converged) |")
     print("|---|" + "---:|" * (len(shown) + 4 + glow))
     for name, m, test, secs in rows:
@@ -63,8 +63,9 @@ def main():
         bpd = f"{test['bits_per_dim']:.4f}" if test else "—"
         ang = ""
         if glow:
-            a = m[-1].get("mean_angle_deg", "")
-            ang = f" {float(a):.2f} |" if a not in ("", None) else " — |"
+            a, w = m[-1].get("mean_angle_deg", ""), m[-1].get("mean_angle_w_deg", "")
+            ok = a not in ("", None) and float(a) == float(a)
+            ang = f" {float(a):.2f} / {float(w):.3f} |" if ok else " — |"
         print(f"| {NAMES.get(name, name)} | " + " | ".join(vals) + f" | {nll} | {bpd} | {secs:.1f} |{ang} {PAPER.get((model, name), '')} |")
 
 
