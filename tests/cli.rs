@@ -552,6 +552,9 @@ fn glow_trains_evaluates_samples_and_resumes() {
         let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
         assert_eq!((run["mixing"].as_str(), run["grad"].as_str()), (Some(mixing), Some(grad)));
         assert_eq!(run["glow"]["steps"], 2);
+        // the paper's A.3 settings are Glow's defaults: lr 1e-3, fixed lambda 100 on MNIST
+        assert_eq!(run["config"]["lambda"]["Fixed"], 100.0, "{run}");
+        assert_eq!(run["config"]["adam"]["lr"], 1e-3, "{run}");
         let kinds: Vec<&str> = load(&out.join("checkpoints/best.safetensors")).flow.layers().iter().map(|l| l.kind()).collect();
         for (k, n) in [("actnorm", 4), (kind, 4), ("affine-coupling", 4), ("split", 1), ("squeeze", 2)] {
             assert_eq!(kinds.iter().filter(|x| **x == k).count(), n, "{mixing}: {k} in {kinds:?}");
@@ -580,6 +583,10 @@ fn glow_trains_evaluates_samples_and_resumes() {
         assert!(stdout.contains("bits/dim"), "{stdout}");
         let png = std::fs::read(out.join("samples.png")).unwrap();
         assert_eq!(png[25], 2, "colour type RGB in the PNG header");
+        // A.3 on CIFAR-10: lambda 1000, and SNF clips the gradient norm at 10 000
+        let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["config"]["lambda"]["Fixed"], 1000.0, "{run}");
+        assert_eq!(run["config"]["clip_norm"].as_f64(), (mixing == "snf1x1").then_some(10_000.0), "{run}");
     }
     let resumed = ok(&["train", "--resume", "--out", &root.join("snf1x1").display().to_string(), "--epochs", "2", "--samples", "0", "--quiet"]);
     assert!(resumed.contains("test NLL"), "{resumed}");
