@@ -79,9 +79,22 @@ pub fn write_samples<T: Real>(flow: &Flow<T>, n: usize, inverse: Inverse, seed: 
     let mut x = Mat::zeros(flow.dim(), n);
     let cols = (n as f64).sqrt().ceil() as usize;
     let mut grid = |how: snf::flow::Inverse| -> Result<Grid> {
-        flow.inverse(z.as_ref(), x.as_mut(), &mut ws, how)?;
+        let ok = match flow.inverse(z.as_ref(), x.as_mut(), &mut ws, how) {
+            Ok(()) => vec![true; n],
+            // a draw whose inverse overflows (a far-out base sample through a contracting
+            // layer) stops the batch: redo it one draw at a time, and leave the failed
+            // draws as blank tiles instead of losing the grid
+            Err(snf::Error::NonFinite { .. } | snf::Error::Singular { .. }) => {
+                let mut ws1 = flow.workspace(1, Par::Seq)?;
+                (0..n).map(|j| flow.inverse(z.as_ref().subcols(j, 1), x.as_mut().subcols_mut(j, 1), &mut ws1, how).is_ok()).collect()
+            }
+            Err(e) => return Err(e.into()),
+        };
         let images: Vec<Vec<u8>> = (0..n)
             .map(|j| {
+                if !ok[j] {
+                    return vec![0; flow.dim()];
+                }
                 (0..flow.dim())
                     .map(|i| {
                         let v = x[(i, j)].as_f64();
