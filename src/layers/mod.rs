@@ -6,6 +6,8 @@
 //! | [`SelfNormConv2d`] / [`ExactConv2d`] | $w\star x + b$, self-normalizing (Eqs. 13–16) / exact | `w`, `r`, `b` / `w`, `b` |
 //! | [`ActNorm`] | per-channel $e^sx + b$, initialised from the first batch (Glow) | `logs`, `b` |
 //! | [`InvConv1x1`] | Glow's invertible 1x1 convolution, exact gradient | `w` |
+//! | [`LuConv1x1`] | Glow's LU-parametrised 1x1 convolution $PL(U + \mathrm{diag}\,s)$, exact gradient, no inverse | `l`, `u`, `logs` |
+//! | [`AffineCoupling`] | Glow's affine coupling, conditioner conv–ActNorm–ReLU ×2 → zero conv (hand-derived backward) | `k1`, `logs1`, `b1`, `k2`, `logs2`, `b2`, `k3`, `c3` |
 //! | [`AutoregressiveConv2d`] | masked convolution with a triangular matrix (two make an emerging convolution) | `k`, `b` |
 //! | [`ConvExp`] | the convolution exponential $\exp(M)x + b$ | `k`, `b` |
 //! | [`SmoothLeakyRelu`], [`LeakyRelu`], [`Elementwise`] | entry-wise bijections | none |
