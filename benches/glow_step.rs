@@ -28,12 +28,15 @@ fn selected(size: &str) -> bool {
 
 type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
 
+/// A layer of the flow (its index) with its input in the flow, workspace and gradients.
+type Isolated = (usize, Mat<f32>, Workspace<f32>, Grads<f32>);
+
 /// Forward + backward of the layers of `kinds` alone, each on its input in the flow.
 fn bench_layers(group: &mut Group<'_>, name: &str, flow: &Flow<f32>, kinds: &[&str]) {
     let par = Par::rayon(0);
     // each layer's input: run the flow's layers in order
     let mut h = pixels();
-    let mut chosen: Vec<(usize, Mat<f32>, Workspace<f32>, Grads<f32>)> = Vec::new();
+    let mut chosen: Vec<Isolated> = Vec::new();
     for (k, l) in flow.layers().iter().enumerate() {
         let d = flow.shape_at(k).unwrap().dim();
         let mut ws = l.workspace(B, par).unwrap();

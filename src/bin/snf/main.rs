@@ -27,7 +27,7 @@ struct Cli {
 enum Command {
     /// Train a model; writes metrics (CSV, JSON lines), checkpoints, plots and samples
     /// into the run folder.
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Exact NLL (nats and bits/dim) of a checkpoint on the test or validation split.
     Eval(eval::Args),
     /// A PNG grid of samples through the learned and/or the exact inverse (Fig. 2).
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Eval(a) => eval::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Plot(a) => plot::run(a),
