@@ -32,7 +32,7 @@ PAPER = {
     ("glow-16k", "exact1x1"): "575.7 ± 0.8 (Table 1)",
     ("glow-16k", "snf1x1"): "575.4 ± 1.4 (Table 1)",
 }
-NAMES = {"exact1x1": "Glow 1x1 (exact)", "lu1x1": "Glow LU 1x1 (exact)", "snf1x1": "SNF 1x1", "snf5x5": "SNF 5x5", "snf": "self-normalizing", "exact": "exact gradient", "relative": "relative gradient", "emerging": "emerging convolution", "convexp": "convolution exponential"}
+NAMES = {"exact1x1": "Glow 1x1 (exact)", "lu1x1": "Glow LU 1x1 (exact)", "snf1x1": "SNF 1x1", "snf5x5": "SNF 5x5", "snf1x1geco": "SNF 1x1, GECO λ", "snf5x5geco": "SNF 5x5, GECO λ", "snf": "self-normalizing", "exact": "exact gradient", "relative": "relative gradient", "emerging": "emerging convolution", "convexp": "convolution exponential"}
 
 
 def main():
