@@ -46,6 +46,25 @@ pub struct ActNorm<T: Real> {
 /// The floor added to each channel's standard deviation at initialisation.
 pub const ACTNORM_EPS: f64 = 1e-6;
 
+/// ActNorm's data-dependent initialisation of `logs`, `b` (`C x 1`) from a batch `u` of
+/// `C * hw` rows: per channel, over the batch and its `hw` pixels, $s_c = -\log(\sigma_c +
+/// \epsilon)$ and $b_c = -\mu_ce^{s_c}$ (also the coupling conditioners' ActNorms).
+pub(crate) fn init_from_batch<T: Real>(op: &'static str, u: MatRef<'_, T>, hw: usize, mut logs: MatMut<'_, T>, mut b: MatMut<'_, T>) -> Result<()> {
+    let n = (hw * u.ncols()) as f64;
+    for c in 0..logs.nrows() {
+        let rows = c * hw..(c + 1) * hw;
+        let mean = (0..u.ncols()).map(|j| rows.clone().map(|p| u[(p, j)].as_f64()).sum::<f64>()).sum::<f64>() / n;
+        let var = (0..u.ncols()).map(|j| rows.clone().map(|p| (u[(p, j)].as_f64() - mean).powi(2)).sum::<f64>()).sum::<f64>() / n;
+        if !(mean.is_finite() && var.is_finite()) {
+            return Err(Error::NonFinite { op });
+        }
+        let s = -(var.sqrt() + ACTNORM_EPS).ln();
+        logs[(c, 0)] = T::from_f64(s);
+        b[(c, 0)] = T::from_f64(-mean * s.exp());
+    }
+    Ok(())
+}
+
 impl<T: Real> ActNorm<T> {
     /// An uninitialised layer (identity until [`Transform::data_init`] sees a batch).
     ///
@@ -127,19 +146,7 @@ impl<T: Real> Transform<T> for ActNorm<T> {
         if x.ncols() == 0 {
             return Err(Error::InvalidArgument { op: OP, reason: "empty batch".into() });
         }
-        let hw = self.pixels();
-        let n = (hw * x.ncols()) as f64;
-        for c in 0..self.shape.c {
-            let rows = c * hw..(c + 1) * hw;
-            let mean = (0..x.ncols()).map(|j| rows.clone().map(|p| x[(p, j)].as_f64()).sum::<f64>()).sum::<f64>() / n;
-            let var = (0..x.ncols()).map(|j| rows.clone().map(|p| (x[(p, j)].as_f64() - mean).powi(2)).sum::<f64>()).sum::<f64>() / n;
-            if !(mean.is_finite() && var.is_finite()) {
-                return Err(Error::NonFinite { op: OP });
-            }
-            let s = -(var.sqrt() + ACTNORM_EPS).ln();
-            self.logs[(c, 0)] = T::from_f64(s);
-            self.b[(c, 0)] = T::from_f64(-mean * s.exp());
-        }
+        init_from_batch(OP, x, self.pixels(), self.logs.as_mut(), self.b.as_mut())?;
         self.initialized = true;
         Ok(())
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::conv::{Conv2d, Conv2dGeometry, Conv2dSpec};
 use crate::error::{check_shape, Error, Result};
+use crate::layers::actnorm::init_from_batch;
 use crate::layers::conv::{add_channel_bias, channel_sums};
 use crate::real::Real;
 use crate::shape::{shape_error, Shape};
@@ -283,19 +284,6 @@ impl<T: Real> AffineCoupling<T> {
     }
 }
 
-/// Per channel `c` of a `channels*hw x B` matrix: `(mean, variance)` over pixels and batch.
-fn channel_stats<T: Real>(u: MatRef<'_, T>, channels: usize, hw: usize) -> Vec<(f64, f64)> {
-    let n = (hw * u.ncols()) as f64;
-    (0..channels)
-        .map(|c| {
-            let rows = c * hw..(c + 1) * hw;
-            let mean = (0..u.ncols()).map(|j| rows.clone().map(|p| u[(p, j)].as_f64()).sum::<f64>()).sum::<f64>() / n;
-            let var = (0..u.ncols()).map(|j| rows.clone().map(|p| (u[(p, j)].as_f64() - mean).powi(2)).sum::<f64>()).sum::<f64>() / n;
-            (mean, var)
-        })
-        .collect()
-}
-
 impl<T: Real> Transform<T> for AffineCoupling<T> {
     fn kind(&self) -> &'static str {
         "affine-coupling"
@@ -323,7 +311,7 @@ impl<T: Real> Transform<T> for AffineCoupling<T> {
             return Err(Error::InvalidArgument { op: OP, reason: "empty batch".into() });
         }
         let mut buf = self.buffers(x.ncols(), par);
-        let (w, hw) = (self.config.width, self.hw());
+        let hw = self.hw();
         for which in 0..2 {
             if which == 0 {
                 buf.c1.forward(self.p[0].as_ref(), x.subrows(0, self.da()), buf.u1.as_mut())?;
@@ -332,14 +320,8 @@ impl<T: Real> Transform<T> for AffineCoupling<T> {
                 buf.c2.forward(self.p[3].as_ref(), buf.a1.as_ref(), buf.u2.as_mut())?;
             }
             let u = if which == 0 { buf.u1.as_ref() } else { buf.u2.as_ref() };
-            for (c, (mean, var)) in channel_stats(u, w, hw).into_iter().enumerate() {
-                if !(mean.is_finite() && var.is_finite()) {
-                    return Err(Error::NonFinite { op: OP });
-                }
-                let s = -(var.sqrt() + crate::layers::ACTNORM_EPS).ln();
-                self.p[3 * which + 1][(c, 0)] = T::from_f64(s);
-                self.p[3 * which + 2][(c, 0)] = T::from_f64(-mean * s.exp());
-            }
+            let (logs, bias) = self.p.split_at_mut(3 * which + 2);
+            init_from_batch(OP, u, hw, logs[3 * which + 1].as_mut(), bias[0].as_mut())?;
         }
         self.initialized = true;
         Ok(())
