@@ -148,6 +148,19 @@ pub(crate) fn per_pixel<T: Real>(op: &'static str, input: MatRef<'_, T>, out: Ma
     Ok(())
 }
 
+/// `out += alpha * sum_b Delta_b^T X_b` over the examples (`HW x C` views of `dy` and `x`):
+/// the data part of a 1x1 convolution's weight gradient.
+pub(crate) fn add_pixel_products<T: Real>(op: &'static str, x: MatRef<'_, T>, dy: MatRef<'_, T>, mut out: MatMut<'_, T>, alpha: T, hw: usize) -> Result<()> {
+    let c = out.nrows();
+    let (xs, ds) = (crate::conv::ops::contiguous(op, x)?, crate::conv::ops::contiguous(op, dy)?);
+    for j in 0..x.ncols() {
+        let xv = MatRef::from_column_major_slice(xs.col(j).as_slice(), hw, c);
+        let dv = MatRef::from_column_major_slice(ds.col(j).as_slice(), hw, c);
+        gemm(out.rb_mut(), Accum::Add, dv.transpose(), xv, alpha, Par::Seq);
+    }
+    Ok(())
+}
+
 impl<T: Real> Transform<T> for InvConv1x1<T> {
     fn kind(&self) -> &'static str {
         "inv-conv1x1"
@@ -188,7 +201,7 @@ impl<T: Real> Transform<T> for InvConv1x1<T> {
         crate::layers::check_backward_operands(OP, d, b, &[(dy.nrows(), dy.ncols()), (dx.nrows(), dx.ncols())], lambda)?;
         let g: &mut InvConv1x1Grads<T> = grads.downcast_mut()?;
         check_shape(OP, (self.shape.c, self.shape.c), (g.w.nrows(), g.w.ncols()))?;
-        let (hw, c) = (self.pixels(), self.shape.c);
+        let hw = self.pixels();
         let bufs = ws.buffers_mut::<Conv1x1Workspace<T>>()?;
         per_pixel(OP, dy, dx, self.w.as_ref(), hw, bufs.par)?;
         // dW = -1/B sum_b Delta_b^T X_b - HW W^{-T}
@@ -198,13 +211,7 @@ impl<T: Real> Transform<T> for InvConv1x1<T> {
         gw.copy_from(bufs.inv.as_ref());
         let scale = T::from_f64(-(hw as f64));
         faer::zip!(gw.rb_mut()).for_each(|faer::unzip!(v)| *v *= scale);
-        let inv_b = T::from_f64(-1.0 / b as f64);
-        let (xs, ds) = (crate::conv::ops::contiguous(OP, x)?, crate::conv::ops::contiguous(OP, dy)?);
-        for j in 0..b {
-            let xv = MatRef::from_column_major_slice(xs.col(j).as_slice(), hw, c);
-            let dv = MatRef::from_column_major_slice(ds.col(j).as_slice(), hw, c);
-            gemm(gw.rb_mut(), Accum::Add, dv.transpose(), xv, inv_b, Par::Seq);
-        }
+        add_pixel_products(OP, x, dy, gw, T::from_f64(-1.0 / b as f64), hw)?;
         Ok(0.0)
     }
     fn inverse(&self, y: MatRef<'_, T>, x: MatMut<'_, T>, ws: &mut Workspace<T>) -> Result<()> {

@@ -2,17 +2,15 @@
 //! $W = P\,L\,(U + \mathrm{diag}(\mathrm{sign}\odot e^{\log|s|}))$, exact log-det without
 //! a factorisation, exact gradient without $W^{-T}$ (`proofs/glow.md` §5).
 
-use faer::reborrow::ReborrowMut;
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::{Mat, MatMut, MatRef, Par};
 use rand::Rng;
 
-use super::conv1x1::{per_pixel, random_orthogonal};
+use super::conv1x1::{add_pixel_products, per_pixel, random_orthogonal};
 use crate::error::{check_shape, Error, Result};
 use crate::exact::Lu;
 use crate::real::Real;
 use crate::shape::{shape_error, Shape};
 use crate::transform::{BlocksMut, Grads, Param, Tape, Transform, Workspace};
-use crate::util::gemm;
 
 /// $z_{\cdot,p} = W x_{\cdot,p}$ at every pixel with
 /// $$W = P\,L\,V,\qquad V = U + \mathrm{diag}(\sigma\odot e^{\ell}),$$
@@ -239,15 +237,8 @@ impl<T: Real> Transform<T> for LuConv1x1<T> {
         self.assemble(bufs.lv.as_mut(), bufs.w.as_mut());
         per_pixel(OP, dy, dx, bufs.w.as_ref(), hw, bufs.par)?;
         // G = -1/B sum_b Delta_b^T X_b, into g
-        let inv_b = T::from_f64(-1.0 / b as f64);
-        let (xs, ds) = (crate::conv::ops::contiguous(OP, x)?, crate::conv::ops::contiguous(OP, dy)?);
-        let mut gm = bufs.g.as_mut();
-        gm.fill(T::from_f64(0.0));
-        for j in 0..b {
-            let xv = MatRef::from_column_major_slice(xs.col(j).as_slice(), hw, c);
-            let dv = MatRef::from_column_major_slice(ds.col(j).as_slice(), hw, c);
-            gemm(gm.rb_mut(), Accum::Add, dv.transpose(), xv, inv_b, Par::Seq);
-        }
+        bufs.g.as_mut().fill(T::from_f64(0.0));
+        add_pixel_products(OP, x, dy, bufs.g.as_mut(), T::from_f64(-1.0 / b as f64), hw)?;
         // G~ = P^T G: row i of G~ is row perm[i] of G (into w, no longer needed)
         for i in 0..c {
             for j in 0..c {
