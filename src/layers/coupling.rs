@@ -54,7 +54,7 @@ impl AffineCouplingConfig {
 /// $q = x_b + t$, $\sigma = \sigma(r + 2)$:
 /// $\delta_{x_b} = \delta_t = \sigma\odot\delta_{y_b}$,
 /// $\delta_r = q\odot\delta_{y_b}\odot\sigma(1-\sigma) + (1 - \sigma)$, then back through the
-/// conditioner ($\delta_{u} = e^{s}\,[n > 0]\odot\delta_{a}$ at each ActNorm+ReLU,
+/// conditioner ($\delta_{u} = e^{s}\,\mathbf 1_{n>0}\odot\delta_{a}$ at each ActNorm+ReLU,
 /// transposed convolutions for the inputs, correlations for the kernels) and
 /// $\delta_{x_a} = \delta_{y_a} + \mathrm{conv}^{(1)T}(\delta_{u_1})$.
 ///
