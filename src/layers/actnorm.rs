@@ -5,7 +5,7 @@ use faer::{MatMut, MatRef, Par};
 
 use crate::error::{check_shape, Error, Result};
 use crate::real::Real;
-use crate::shape::{shape_error, Shape};
+use crate::shape::Shape;
 use crate::transform::{BlocksMut, Grads, Param, Tape, Transform, Workspace};
 
 /// $y_{c,p} = e^{s_c}x_{c,p} + b_c$ at every pixel $p$ of a `C x H x W` image, with the
@@ -128,11 +128,7 @@ impl<T: Real> Transform<T> for ActNorm<T> {
         "actnorm"
     }
     fn output_shape(&self, input: Shape) -> Result<Shape> {
-        if input.fits(self.shape) {
-            Ok(self.shape)
-        } else {
-            Err(shape_error("ActNorm::output_shape", self.shape, input))
-        }
+        crate::layers::same_shape("ActNorm::output_shape", self.shape, input)
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
         Workspace::new((), max_batch, par)

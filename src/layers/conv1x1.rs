@@ -11,7 +11,7 @@ use crate::conv::chunk::{BatchMut, BatchRef};
 use crate::error::{check_shape, Error, Result};
 use crate::exact::Lu;
 use crate::real::Real;
-use crate::shape::{shape_error, Shape};
+use crate::shape::Shape;
 use crate::transform::{Blocks, BlocksMut, GradBlocks, Grads, Param, Tape, Transform, Workspace};
 use crate::util::gemm;
 
@@ -166,11 +166,7 @@ impl<T: Real> Transform<T> for InvConv1x1<T> {
         "inv-conv1x1"
     }
     fn output_shape(&self, input: Shape) -> Result<Shape> {
-        if input.fits(self.shape) {
-            Ok(self.shape)
-        } else {
-            Err(shape_error("InvConv1x1::output_shape", self.shape, input))
-        }
+        crate::layers::same_shape("InvConv1x1::output_shape", self.shape, input)
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
         let c = self.shape.c;

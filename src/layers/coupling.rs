@@ -12,7 +12,7 @@ use crate::error::{check_shape, Error, Result};
 use crate::layers::actnorm::init_from_batch;
 use crate::layers::conv::{add_channel_bias, channel_sums};
 use crate::real::Real;
-use crate::shape::{shape_error, Shape};
+use crate::shape::Shape;
 use crate::transform::{BlocksMut, Grads, Param, Tape, Transform, Workspace};
 
 /// The offset inside the coupling's sigmoid scale, $\sigma(r + 2)$ (Glow's choice: the
@@ -277,10 +277,7 @@ impl<T: Real> AffineCoupling<T> {
     }
 
     fn check(&self, op: &'static str, x: MatRef<'_, T>, other: (usize, usize), ws: &Workspace<T>) -> Result<usize> {
-        let d = self.shape.dim();
-        let b = crate::layers::check_batch(op, x, d, ws.max_batch())?;
-        check_shape(op, (d, b), other)?;
-        Ok(b)
+        crate::layers::check_batch_and(op, x, self.shape, other, ws.max_batch())
     }
 }
 
@@ -289,11 +286,7 @@ impl<T: Real> Transform<T> for AffineCoupling<T> {
         "affine-coupling"
     }
     fn output_shape(&self, input: Shape) -> Result<Shape> {
-        if input.fits(self.shape) {
-            Ok(self.shape)
-        } else {
-            Err(shape_error("AffineCoupling::output_shape", self.shape, input))
-        }
+        crate::layers::same_shape("AffineCoupling::output_shape", self.shape, input)
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
         crate::util::check_alloc::<T>("AffineCoupling::workspace", self.hidden(), max_batch, 4)?;

@@ -9,7 +9,7 @@ use super::conv1x1::{add_pixel_products, per_pixel, random_orthogonal};
 use crate::error::{check_shape, Error, Result};
 use crate::exact::Lu;
 use crate::real::Real;
-use crate::shape::{shape_error, Shape};
+use crate::shape::Shape;
 use crate::transform::{BlocksMut, Grads, Param, Tape, Transform, Workspace};
 
 /// $z_{\cdot,p} = W x_{\cdot,p}$ at every pixel with
@@ -191,11 +191,7 @@ impl<T: Real> Transform<T> for LuConv1x1<T> {
         "lu-conv1x1"
     }
     fn output_shape(&self, input: Shape) -> Result<Shape> {
-        if input.fits(self.shape) {
-            Ok(self.shape)
-        } else {
-            Err(shape_error("LuConv1x1::output_shape", self.shape, input))
-        }
+        crate::layers::same_shape("LuConv1x1::output_shape", self.shape, input)
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
         let c = self.shape.c;

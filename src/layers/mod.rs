@@ -71,6 +71,29 @@ pub(crate) fn next_stamp() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The output shape of a shape-preserving image layer built for `shape`.
+pub(crate) fn same_shape(op: &'static str, shape: crate::Shape, input: crate::Shape) -> crate::Result<crate::Shape> {
+    if input.fits(shape) {
+        Ok(shape)
+    } else {
+        Err(crate::shape::shape_error(op, shape, input))
+    }
+}
+
+/// [`check_batch`] for a layer of `shape`, plus a second operand of the same `dim x B`.
+pub(crate) fn check_batch_and<T: crate::Real>(
+    op: &'static str,
+    x: faer::MatRef<'_, T>,
+    shape: crate::Shape,
+    other: (usize, usize),
+    max_batch: usize,
+) -> crate::Result<usize> {
+    let d = shape.dim();
+    let b = check_batch(op, x, d, max_batch)?;
+    crate::error::check_shape(op, (d, b), other)?;
+    Ok(b)
+}
+
 /// Check a `dim x B` batch against a workspace holding `1..=max_batch` columns; return `B`.
 pub(crate) fn check_batch<T: crate::Real>(op: &'static str, a: faer::MatRef<'_, T>, dim: usize, max_batch: usize) -> crate::Result<usize> {
     let b = a.ncols();

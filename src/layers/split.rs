@@ -110,10 +110,7 @@ impl<T: Real> Split<T> {
     }
 
     fn check(&self, op: &'static str, x: MatRef<'_, T>, other: (usize, usize), ws: &Workspace<T>) -> Result<usize> {
-        let d = self.shape.dim();
-        let b = crate::layers::check_batch(op, x, d, ws.max_batch())?;
-        check_shape(op, (d, b), other)?;
-        Ok(b)
+        crate::layers::check_batch_and(op, x, self.shape, other, ws.max_batch())
     }
 }
 
