@@ -67,20 +67,26 @@ pub(crate) fn col_map_sum<T: Real>(x: faer::ColRef<'_, T>, out: faer::ColMut<'_,
     let mut out = out;
     if let (Some(xc), Some(oc)) = (x.try_as_col_major(), out.rb_mut().try_as_col_major_mut()) {
         let (xs, os) = (xc.as_slice(), oc.as_slice_mut());
-        let mut acc = [0.0f64; 8];
-        let (mut xi, mut oi) = (xs.chunks_exact(8), os.chunks_exact_mut(8));
-        for (x8, o8) in (&mut xi).zip(&mut oi) {
-            for k in 0..8 {
-                let (v, d) = g(x8[k]);
-                o8[k] = v;
-                acc[k] += d;
+        // element i goes to lane i % 8 in order, the last len % 8 to `tail`; the map runs as
+        // a plain loop over 64 entries at a time (a loop of eight would be unrolled before
+        // the vectoriser sees it)
+        const CHUNK: usize = 64;
+        let (mut acc, mut tail) = ([0.0f64; 8], 0.0);
+        let mut d = [0.0f64; CHUNK];
+        for (xc, oc) in xs.chunks(CHUNK).zip(os.chunks_mut(CHUNK)) {
+            let n = xc.len().min(oc.len()).min(CHUNK);
+            for i in 0..n {
+                let (v, di) = g(xc[i]);
+                oc[i] = v;
+                d[i] = di;
             }
-        }
-        let mut tail = 0.0;
-        for (xv, ov) in xi.remainder().iter().zip(oi.into_remainder()) {
-            let (v, d) = g(*xv);
-            *ov = v;
-            tail += d;
+            let mut lanes = d[..n].chunks_exact(8);
+            for l in &mut lanes {
+                for k in 0..8 {
+                    acc[k] += l[k];
+                }
+            }
+            tail += lanes.remainder().iter().sum::<f64>();
         }
         return tail + acc.iter().sum::<f64>();
     }
@@ -320,4 +326,13 @@ pub(crate) fn check_alloc<T: Real>(op: &'static str, rows: usize, cols: usize, c
     let n = rows.checked_mul(cols).and_then(|v| v.checked_mul(count)).ok_or_else(err)?;
     let mut v: Vec<T> = Vec::new();
     v.try_reserve_exact(n).map_err(|_| err())
+}
+
+/// Whether this CPU runs AVX2 and FMA instructions (x86-64-v3), checked once and cached
+/// by the standard library. Kernels with per-lane selects (the spline) vectorise only
+/// with AVX2's blends; they run a copy compiled for it when this is true.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }

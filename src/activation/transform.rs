@@ -98,7 +98,8 @@ impl<T: Real> Transform<T> for SplineActivation<T> {
         _lambda: T,
     ) -> Result<f64> {
         ws.consume(tape, x)?;
-        SplineActivation::backward(self, x, dy, dx, grads.downcast_mut()?, ws.par()).map(|_| 0.0)
+        let par = ws.par();
+        self.backward_with(x, dy, dx, grads.downcast_mut()?, Some(ws.buffers_mut::<SplineWorkspace<T>>()?), par).map(|_| 0.0)
     }
     fn inverse(&self, y: MatRef<'_, T>, x: MatMut<'_, T>, _ws: &mut Workspace<T>) -> Result<()> {
         SplineActivation::inverse(self, y, x)

@@ -3,11 +3,13 @@
 //! kernels read. It depends on the parameters only, so it is computed once per entry per
 //! pass (not per example): $O(DK)$ transcendental calls per pass instead of $O(DBK)$.
 
+use super::kernel::{field, BLOCK};
 use super::{SplineConfig, MAX_BINS};
 use crate::activation::{sigmoid, softplus};
 use crate::real::Real;
 
 /// Knots of one entry's spline, in `f64`, with what the parameter gradients need.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Knots {
     pub k: usize,
     pub xs: [f64; MAX_BINS + 1],
@@ -19,25 +21,6 @@ pub(super) struct Knots {
     pub sh: [f64; MAX_BINS],
     /// `sigmoid(theta_d[j])`, the derivative of interior slope `j + 1`
     pub sig: [f64; MAX_BINS],
-}
-
-/// One bin of one entry's spline in the precision `F` of the batch: the bin's left knot,
-/// size, slopes and the constants of $\log f' = 2\log s + \log(M/D^2)$ and
-/// $\partial\log f'/\partial s \ni 2/s$ (see `proofs/spline.md`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(super) struct Bin<F> {
-    pub xk: F,
-    pub inv_dx: F,
-    pub yk: F,
-    pub dy: F,
-    /// knot slope at the left end
-    pub a: F,
-    /// knot slope at the right end
-    pub c: F,
-    /// $s = \Delta y/\Delta x$
-    pub s: F,
-    pub two_log_s: F,
-    pub two_inv_s: F,
 }
 
 fn softmax(theta: &[f64], out: &mut [f64]) {
@@ -85,22 +68,25 @@ impl SplineConfig {
 }
 
 impl Knots {
-    /// The `K` bins in precision `F`, into `out[..K]`.
-    pub(super) fn bins<F: Real>(&self, out: &mut [Bin<F>]) {
-        for (j, o) in out[..self.k].iter_mut().enumerate() {
-            let (dx, dy) = (self.xs[j + 1] - self.xs[j], self.ys[j + 1] - self.ys[j]);
-            let s = dy / dx;
-            *o = Bin {
-                xk: F::from_f64(self.xs[j]),
-                inv_dx: F::from_f64(1.0 / dx),
-                yk: F::from_f64(self.ys[j]),
-                dy: F::from_f64(dy),
-                a: F::from_f64(self.ds[j]),
-                c: F::from_f64(self.ds[j + 1]),
-                s: F::from_f64(s),
-                two_log_s: F::from_f64(2.0 * s.ln()),
-                two_inv_s: F::from_f64(2.0 / s),
-            };
+    /// Write this entry's `K` bins into entry `lane` of a block geometry
+    /// (`field::N x kp x BLOCK`, see [`kernel`](super::kernel)) in precision `F`: each bin's
+    /// left knot, size, slopes and the constants of $\log f' = 2\log s + \log(M/D^2)$ and
+    /// $\partial\log f'/\partial s \ni 2/s$ (see `proofs/spline.md`). Bins `K .. kp` are
+    /// padding: a left knot at $+\infty$ (never selected) and the last bin's other values.
+    pub(super) fn fill_block<F: Real>(&self, kp: usize, lane: usize, block: &mut [F]) {
+        let k = self.k;
+        let mut vals = [0.0; field::N];
+        for j in 0..kp {
+            if j < k {
+                let (dx, dy) = (self.xs[j + 1] - self.xs[j], self.ys[j + 1] - self.ys[j]);
+                let s = dy / dx;
+                vals = [self.xs[j], 1.0 / dx, self.ys[j], dy, self.ds[j], self.ds[j + 1], s, 2.0 * s.ln(), 2.0 / s];
+            } else {
+                vals[field::XK] = f64::INFINITY;
+            }
+            for (f, &v) in vals.iter().enumerate() {
+                block[(f * kp + j) * BLOCK + lane] = F::from_f64(v);
+            }
         }
     }
 }
