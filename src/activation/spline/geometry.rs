@@ -5,7 +5,6 @@
 
 use super::kernel::{field, BLOCK};
 use super::{SplineConfig, MAX_BINS};
-use crate::activation::{sigmoid, softplus};
 use crate::real::Real;
 
 /// Knots of one entry's spline, in `f64`, with what the parameter gradients need.
@@ -60,8 +59,12 @@ impl SplineConfig {
         kn.xs[k] = b;
         kn.ys[k] = b;
         for j in 1..k {
-            kn.ds[j] = self.min_derivative + softplus(td[j - 1]);
-            kn.sig[j - 1] = sigmoid(td[j - 1]);
+            // softplus and sigmoid from one exponential, t = e^{-|x|}:
+            // softplus = max(x, 0) + ln(1 + t), sigmoid = 1/(1 + t) or t/(1 + t)
+            let x = td[j - 1];
+            let t = (-x.abs()).exp();
+            kn.ds[j] = self.min_derivative + x.max(0.0) + t.ln_1p();
+            kn.sig[j - 1] = if x >= 0.0 { 1.0 / (1.0 + t) } else { t / (1.0 + t) };
         }
         kn
     }
