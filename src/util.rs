@@ -336,3 +336,10 @@ pub(crate) fn check_alloc<T: Real>(op: &'static str, rows: usize, cols: usize, c
 pub(crate) fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
+
+/// Whether this CPU runs AVX-512F instructions, checked once and cached.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx512f() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}

@@ -11,6 +11,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod geometry;
 mod kernel;
 
@@ -500,14 +502,29 @@ impl Maps {
     }
 }
 
-/// Whether the intrinsic kernels apply: `T` is `f32` and the CPU has AVX2 and FMA.
-fn simd<T: Real>() -> bool {
+/// Which kernels a pass runs: the generic ones, or for `f32` the AVX2 or AVX-512 ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    Generic,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+}
+
+/// The widest intrinsic kernels that apply: `T` is `f32` and the CPU has AVX-512F, or AVX2
+/// and FMA.
+fn simd<T: Real>() -> Simd {
     #[cfg(target_arch = "x86_64")]
-    {
-        core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>() && crate::util::has_avx2_fma()
+    if core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>() {
+        if crate::util::has_avx512f() {
+            return Simd::Avx512;
+        }
+        if crate::util::has_avx2_fma() {
+            return Simd::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Simd::Generic
 }
 
 /// `v` as a `&U` when `T` and `U` are the same type.
@@ -516,20 +533,22 @@ fn same<T: 'static, U: 'static>(v: &T) -> Option<&U> {
     (v as &dyn core::any::Any).downcast_ref::<U>()
 }
 
-/// One block and column of the forward pass: the AVX2 kernel when `fast` ([`simd`]),
-/// the generic one otherwise.
+/// One block and column of the forward pass with the kernels `fast` names ([`simd`]).
 #[inline(always)]
-fn forward_block<T: Real, const KP: usize>(fast: bool, g: &kernel::Geometry<T, KP>, bound: T, x: &[T], z: &mut [T], ld: &mut [T; BLOCK]) -> f64 {
+fn forward_block<T: Real, const KP: usize>(fast: Simd, g: &kernel::Geometry<T, KP>, bound: T, x: &[T], z: &mut [T], ld: &mut [T; BLOCK]) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if fast {
+    if fast != Simd::Generic {
         if let (Some(g32), Some(&b32)) = (same::<_, kernel::Geometry<f32, KP>>(g), same::<T, f32>(&bound)) {
-            // SAFETY: `fast` means the CPU has AVX2 and FMA; T is f32 (both downcasts
-            // succeeded), so the casts below only rename the element type
+            // SAFETY: `fast` names instructions the CPU has ([`simd`]); T is f32 (both
+            // downcasts succeeded), so the casts below only rename the element type
             unsafe {
                 let x32 = core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
                 let z32 = core::slice::from_raw_parts_mut(z.as_mut_ptr().cast::<f32>(), z.len());
                 let ld32 = &mut *(ld as *mut [T; BLOCK]).cast::<[f32; BLOCK]>();
-                return avx2::forward::<KP>(g32, b32, x32, z32, ld32);
+                return match fast {
+                    Simd::Avx512 => avx512::forward::<KP>(g32, b32, x32, z32, ld32),
+                    _ => avx2::forward::<KP>(g32, b32, x32, z32, ld32),
+                };
             }
         }
     }
@@ -537,11 +556,10 @@ fn forward_block<T: Real, const KP: usize>(fast: bool, g: &kernel::Geometry<T, K
     kernel::forward(g, bound, x, z, ld)
 }
 
-/// One block and column of the backward pass: the AVX2 kernel when `fast`, the generic
-/// one otherwise.
+/// One block and column of the backward pass with the kernels `fast` names.
 #[inline(always)]
 fn backward_block<T: Real, const KP: usize>(
-    fast: bool,
+    fast: Simd,
     g: &kernel::Geometry<T, KP>,
     bound: T,
     x: &[T],
@@ -550,15 +568,18 @@ fn backward_block<T: Real, const KP: usize>(
     acc: &mut kernel::Partials<T, KP>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if fast {
+    if fast != Simd::Generic {
         if let (Some(g32), Some(&b32)) = (same::<_, kernel::Geometry<f32, KP>>(g), same::<T, f32>(&bound)) {
-            // SAFETY: as in `forward_block`: AVX2 and FMA present, T is f32
+            // SAFETY: as in `forward_block`: the instructions are there, T is f32
             unsafe {
                 let x32 = core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
                 let gz32 = core::slice::from_raw_parts(gz.as_ptr().cast::<f32>(), gz.len());
                 let dx32 = core::slice::from_raw_parts_mut(dx.as_mut_ptr().cast::<f32>(), dx.len());
                 let acc32 = &mut *(acc as *mut kernel::Partials<T, KP>).cast::<kernel::Partials<f32, KP>>();
-                avx2::backward::<KP>(g32, b32, x32, gz32, dx32, acc32);
+                match fast {
+                    Simd::Avx512 => avx512::backward::<KP>(g32, b32, x32, gz32, dx32, acc32),
+                    _ => avx2::backward::<KP>(g32, b32, x32, gz32, dx32, acc32),
+                }
                 return;
             }
         }
@@ -617,8 +638,8 @@ mod tests {
         SplineActivation::from_parts(cfg, w, h, s).unwrap()
     }
 
-    fn check<const KP: usize>(k: usize) {
-        let d = 45; // a full block of 32 and a partial one of 13 (not a multiple of 8)
+    fn check<const KP: usize>(k: usize, level: Simd) {
+        let d = 45; // a full block of 32 and a partial one of 13 (not a multiple of 8 or 16)
         let f = spline(k, d);
         assert_eq!(padded_bins(k), KP);
         let bound = f.cfg.tail_bound as f32;
@@ -633,39 +654,48 @@ mod tests {
                 let gz: Vec<f32> = (0..n).map(|i| val(bi * 3000 + col * 70 + i, 2.0) as f32).collect();
                 let (mut z1, mut z2) = (vec![0.0f32; n], vec![0.0f32; n]);
                 let (mut l1, mut l2) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-                let s1 = forward_block(true, g, bound, &x, &mut z1, &mut l1);
-                let s2 = forward_block(false, g, bound, &x, &mut z2, &mut l2);
-                assert_eq!(s1.to_bits(), s2.to_bits(), "log-det sum, k = {k}");
-                assert!(z1.iter().zip(&z2).all(|(a, b)| a.to_bits() == b.to_bits()), "values, k = {k}");
+                let s1 = forward_block(level, g, bound, &x, &mut z1, &mut l1);
+                let s2 = forward_block(Simd::Generic, g, bound, &x, &mut z2, &mut l2);
+                assert_eq!(s1.to_bits(), s2.to_bits(), "log-det sum, k = {k}, {level:?}");
+                assert!(z1.iter().zip(&z2).all(|(a, b)| a.to_bits() == b.to_bits()), "values, k = {k}, {level:?}");
                 let (mut d1, mut d2) = (vec![0.0f32; n], vec![0.0f32; n]);
                 let mut a1 = [[[0.0f32; BLOCK]; KP]; PARTIALS];
                 let mut a2 = a1;
-                backward_block(true, g, bound, &x, &gz, &mut d1, &mut a1);
-                backward_block(false, g, bound, &x, &gz, &mut d2, &mut a2);
-                assert!(d1.iter().zip(&d2).all(|(a, b)| a.to_bits() == b.to_bits()), "input deltas, k = {k}");
+                backward_block(level, g, bound, &x, &gz, &mut d1, &mut a1);
+                backward_block(Simd::Generic, g, bound, &x, &gz, &mut d2, &mut a2);
+                assert!(d1.iter().zip(&d2).all(|(a, b)| a.to_bits() == b.to_bits()), "input deltas, k = {k}, {level:?}");
                 let (f1, f2) = (a1.as_flattened().as_flattened(), a2.as_flattened().as_flattened());
-                assert!(f1.iter().zip(f2).all(|(a, b)| a.to_bits() == b.to_bits()), "bin partials, k = {k}");
+                assert!(f1.iter().zip(f2).all(|(a, b)| a.to_bits() == b.to_bits()), "bin partials, k = {k}, {level:?}");
                 // the partials are not all zero (the comparison means something)
                 assert!(f1.iter().any(|v| *v != 0.0));
             }
         }
     }
 
-    /// The AVX2 `f32` kernels do the generic kernels' operations in the same order, so their
-    /// results are identical to the bit (including NaN and out-of-bound inputs and a block
-    /// whose length is not a multiple of eight), for every padded bin count. On a CPU
-    /// without AVX2 there is no second kernel, and the test checks only that `simd` says so.
+    /// The AVX2 and AVX-512 `f32` kernels do the generic kernels' operations in the same
+    /// order, so their results are identical to the bit (including NaN and out-of-bound
+    /// inputs and a block whose length is not a multiple of eight or sixteen), for every
+    /// padded bin count. Each runs where the CPU has its instructions; on a CPU with
+    /// neither there is no second kernel and only the dispatch is checked.
     #[test]
-    fn avx2_kernels_equal_the_generic_ones_bit_for_bit() {
-        if !simd::<f32>() {
-            assert!(!crate::util::has_avx2_fma());
-            return;
+    fn simd_kernels_equal_the_generic_ones_bit_for_bit() {
+        assert_eq!(simd::<f64>(), Simd::Generic);
+        let mut levels = vec![];
+        if crate::util::has_avx2_fma() {
+            levels.push(Simd::Avx2);
         }
-        assert!(!simd::<f64>());
-        check::<4>(3);
-        check::<5>(5);
-        check::<8>(7);
-        check::<16>(12);
+        if crate::util::has_avx512f() {
+            levels.push(Simd::Avx512);
+        }
+        if levels.is_empty() {
+            assert_eq!(simd::<f32>(), Simd::Generic);
+        }
+        for level in levels {
+            check::<4>(3, level);
+            check::<5>(5, level);
+            check::<8>(7, level);
+            check::<16>(12, level);
+        }
     }
 
     /// The transform path's backward (geometry and softmax weights from the forward pass's
