@@ -78,6 +78,8 @@ pub(super) type Partials<F, const KP: usize> = [[[F; BLOCK]; KP]; PARTIALS];
 pub(super) fn geometry<F, const KP: usize>(g: &[F]) -> &Geometry<F, KP> {
     let (rows, _) = g.as_chunks::<BLOCK>();
     let (bins, _) = rows.as_chunks::<KP>();
+    // unreachable: every caller passes a workspace block of `block_len(KP)` values or a
+    // stack buffer of `N * MAX_BINS * BLOCK >= N * KP * BLOCK`
     bins[..field::N].try_into().expect("a block geometry holds N x KP x BLOCK values")
 }
 
@@ -86,6 +88,7 @@ pub(super) fn geometry<F, const KP: usize>(g: &[F]) -> &Geometry<F, KP> {
 pub(super) fn partials<F, const KP: usize>(acc: &mut [F]) -> &mut Partials<F, KP> {
     let (rows, _) = acc.as_chunks_mut::<BLOCK>();
     let (bins, _) = rows.as_chunks_mut::<KP>();
+    // unreachable: the one caller passes a stack buffer of `PARTIALS * MAX_BINS * BLOCK`
     (&mut bins[..PARTIALS]).try_into().expect("block partials hold PARTIALS x KP x BLOCK values")
 }
 
