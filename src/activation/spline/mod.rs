@@ -516,7 +516,7 @@ enum Simd {
 /// and FMA.
 fn simd<T: Real>() -> Simd {
     #[cfg(target_arch = "x86_64")]
-    if core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>() {
+    if is::<T, f32>() {
         if crate::util::has_avx512f() {
             return Simd::Avx512;
         }
@@ -527,10 +527,39 @@ fn simd<T: Real>() -> Simd {
     Simd::Generic
 }
 
+/// Whether `T` and `U` are the same type (a constant after monomorphisation, unlike a
+/// downcast through `dyn Any`, which is a virtual call).
+#[cfg(target_arch = "x86_64")]
+fn is<T: 'static, U: 'static>() -> bool {
+    core::any::TypeId::of::<T>() == core::any::TypeId::of::<U>()
+}
+
 /// `v` as a `&U` when `T` and `U` are the same type.
 #[cfg(target_arch = "x86_64")]
 fn same<T: 'static, U: 'static>(v: &T) -> Option<&U> {
-    (v as &dyn core::any::Any).downcast_ref::<U>()
+    // SAFETY: T is U
+    is::<T, U>().then(|| unsafe { &*(v as *const T).cast::<U>() })
+}
+
+/// `v` as a `&mut U` when `T` and `U` are the same type.
+#[cfg(target_arch = "x86_64")]
+fn same_mut<T: 'static, U: 'static>(v: &mut T) -> Option<&mut U> {
+    // SAFETY: T is U
+    is::<T, U>().then(|| unsafe { &mut *(v as *mut T).cast::<U>() })
+}
+
+/// `s` as an `f32` slice when `T` is `f32` (slices cannot go through `Any`).
+#[cfg(target_arch = "x86_64")]
+fn f32s<T: Real>(s: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32, so this only renames the element type
+    is::<T, f32>().then(|| unsafe { core::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) })
+}
+
+/// [`f32s`], mutable.
+#[cfg(target_arch = "x86_64")]
+fn f32s_mut<T: Real>(s: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: T is f32, so this only renames the element type
+    is::<T, f32>().then(|| unsafe { core::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) })
 }
 
 /// One block and column of the forward pass with the kernels `fast` names ([`simd`]).
@@ -538,18 +567,14 @@ fn same<T: 'static, U: 'static>(v: &T) -> Option<&U> {
 fn forward_block<T: Real, const KP: usize>(fast: Simd, g: &kernel::Geometry<T, KP>, bound: T, x: &[T], z: &mut [T], ld: &mut [T; BLOCK]) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if fast != Simd::Generic {
-        if let (Some(g32), Some(&b32)) = (same::<_, kernel::Geometry<f32, KP>>(g), same::<T, f32>(&bound)) {
-            // SAFETY: `fast` names instructions the CPU has ([`simd`]); T is f32 (both
-            // downcasts succeeded), so the casts below only rename the element type
-            unsafe {
-                let x32 = core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
-                let z32 = core::slice::from_raw_parts_mut(z.as_mut_ptr().cast::<f32>(), z.len());
-                let ld32 = &mut *(ld as *mut [T; BLOCK]).cast::<[f32; BLOCK]>();
-                return match fast {
-                    Simd::Avx512 => avx512::forward::<KP>(g32, b32, x32, z32, ld32),
-                    _ => avx2::forward::<KP>(g32, b32, x32, z32, ld32),
-                };
-            }
+        if let (Some(g), Some(&b), Some(x), Some(z), Some(ld)) = (same(g), same(&bound), f32s(x), f32s_mut(z), same_mut(ld)) {
+            // SAFETY: `fast` names instructions the CPU has ([`simd`]), all the kernels require
+            return unsafe {
+                match fast {
+                    Simd::Avx512 => avx512::forward::<KP>(g, b, x, z, ld),
+                    _ => avx2::forward::<KP>(g, b, x, z, ld),
+                }
+            };
         }
     }
     let _ = fast;
@@ -569,19 +594,15 @@ fn backward_block<T: Real, const KP: usize>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if fast != Simd::Generic {
-        if let (Some(g32), Some(&b32)) = (same::<_, kernel::Geometry<f32, KP>>(g), same::<T, f32>(&bound)) {
-            // SAFETY: as in `forward_block`: the instructions are there, T is f32
+        if let (Some(g), Some(&b), Some(x), Some(gz), Some(dx), Some(acc)) = (same(g), same(&bound), f32s(x), f32s(gz), f32s_mut(dx), same_mut(acc)) {
+            // SAFETY: as in `forward_block`
             unsafe {
-                let x32 = core::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
-                let gz32 = core::slice::from_raw_parts(gz.as_ptr().cast::<f32>(), gz.len());
-                let dx32 = core::slice::from_raw_parts_mut(dx.as_mut_ptr().cast::<f32>(), dx.len());
-                let acc32 = &mut *(acc as *mut kernel::Partials<T, KP>).cast::<kernel::Partials<f32, KP>>();
                 match fast {
-                    Simd::Avx512 => avx512::backward::<KP>(g32, b32, x32, gz32, dx32, acc32),
-                    _ => avx2::backward::<KP>(g32, b32, x32, gz32, dx32, acc32),
+                    Simd::Avx512 => avx512::backward::<KP>(g, b, x, gz, dx, acc),
+                    _ => avx2::backward::<KP>(g, b, x, gz, dx, acc),
                 }
-                return;
             }
+            return;
         }
     }
     let _ = fast;
