@@ -19,8 +19,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
-use snf::flow::models::{conv_nine_layer, conv_nine_layer_with, fc_two_layer, ConvMixing, Gradient};
+use snf::flow::models::{conv_nine_layer, conv_nine_layer_with, fc_two_layer, fc_two_layer_with, ConvMixing, Gradient};
 use snf::flow::Flow;
+use snf::layers::linear::InverseFit;
 use snf::layers::ConvExp;
 use snf::optim::{Adam, AdamConfig};
 use std::time::Duration;
@@ -51,6 +52,7 @@ fn bench_flow(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, 
             for ((l, g), a) in flow.layers_mut().iter_mut().zip(&grads.layers).zip(&mut adams) {
                 a.step(l.params_mut().into_iter().zip(g.blocks())).unwrap();
             }
+            flow.after_step(&mut ws).unwrap();
         })
     });
     if parts {
@@ -83,6 +85,9 @@ fn fc_step(c: &mut Criterion) {
         let flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, gradient, &mut snf::init::rng(0)).unwrap();
         bench_flow(&mut group, name, flow, gradient == Gradient::SelfNormalizing);
     }
+    // the paper's penalised layers (the default above fits R by projection)
+    let penalty = fc_two_layer_with::<f32, _>(snf::data::mnist::SHAPE, Gradient::SelfNormalizing, InverseFit::Penalty, &mut snf::init::rng(0)).unwrap();
+    bench_flow(&mut group, "snf_penalty", penalty, false);
     // The twelve products of the SNF step, with the step's own shapes, operand layouts
     // (transposed views where the step uses them) and accumulation modes, with faer's own
     // parallel GEMM: per layer u = W x, e += R u (R = (R^T)^T, a transposed view),
@@ -93,6 +98,23 @@ fn fc_step(c: &mut Criterion) {
     let (mut u, mut e, mut dx, mut t) = (Mat::<f32>::zeros(D, B), Mat::<f32>::zeros(D, B), Mat::<f32>::zeros(D, B), Mat::<f32>::zeros(D, B));
     let (mut gw, mut grt) = (Mat::<f32>::zeros(D, D), Mat::<f32>::zeros(D, D));
     let p = Par::rayon(0);
+    // The projection fit's products per layer: u = W x, e += R u, dx = W^T dz,
+    // gW += dz x^T, and the step R^T -= u T^T; plus the small G = u^T u (B x B) and
+    // T = e G^{-1} (D x B x B).
+    let mut g = Mat::<f32>::zeros(B, B);
+    group.bench_function("gemm10", |bch| {
+        bch.iter(|| {
+            for _ in 0..2 {
+                matmul(u.as_mut(), Accum::Replace, w.as_ref(), x.as_ref(), 1.0, p);
+                matmul(e.as_mut(), Accum::Add, rt.transpose(), u.as_ref(), 1.0, p);
+                matmul(dx.as_mut(), Accum::Replace, w.transpose(), x.as_ref(), 1.0, p);
+                matmul(gw.as_mut(), Accum::Add, dx.as_ref(), x.transpose(), 1e-2, p);
+                matmul(g.as_mut(), Accum::Replace, u.transpose(), u.as_ref(), 1.0, p);
+                matmul(t.as_mut(), Accum::Replace, e.as_ref(), g.as_ref(), 1e-6, p);
+                matmul(grt.as_mut(), Accum::Add, u.as_ref(), t.transpose(), 1e-2, p);
+            }
+        })
+    });
     group.bench_function("gemm12", |bch| {
         bch.iter(|| {
             for _ in 0..2 {

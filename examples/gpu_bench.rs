@@ -11,7 +11,7 @@ fn main() -> Result<(), snf::Error> {
     use faer::{Mat, Par};
     use snf::cuda::{bench::linear_step_times, fc::GpuFc, Gpu};
     use snf::data::mnist::Mnist;
-    use snf::flow::models::fc_two_layer;
+    use snf::flow::models::fc_two_layer_with;
     use snf::optim::AdamConfig;
 
     let args: Vec<String> = std::env::args().collect();
@@ -27,7 +27,12 @@ fn main() -> Result<(), snf::Error> {
     }
 
     let mnist = Mnist::load(&Mnist::shipped_dir())?;
-    let mut flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(0))?;
+    let mut flow = fc_two_layer_with::<f32, _>(
+        snf::data::mnist::SHAPE,
+        snf::flow::models::Gradient::SelfNormalizing,
+        snf::layers::linear::InverseFit::Penalty,
+        &mut snf::init::rng(0),
+    )?;
     let mut model = GpuFc::from_flow(&gpu, &flow, 100)?;
     model.upload_data(&mnist.train)?;
     let mut order = Vec::new();

@@ -1,10 +1,13 @@
 //! SNF vs exact on toy densities nobody tuned the crate on, with the library defaults.
 //!
-//! `cargo run --release --example validate_toy [EPOCHS [TARGET [NAME]]]` (default 30
-//! epochs, the default relative target, every density whose name contains NAME) trains, for each
+//! `cargo run --release --example validate_toy [EPOCHS [FIT [NAME]]]` (default 30
+//! epochs, FIT `projection`, every density whose name contains NAME) trains, for each
 //! density, a self-normalizing flow and its exact-gradient twin from the same seed and the
 //! same initial weights: four $D\times D$ linear layers with bias and smooth leaky ReLUs
-//! between them. Settings are [`TrainConfig::default`] (the adaptive λ, the paper's
+//! between them. FIT is how the self-normalizing layers keep their inverses:
+//! `projection` ([`InverseFit::Projection`], the FC model's default), `penalty` (the
+//! paper's Eq. 3 with the adaptive λ) or a number (the penalty, with that relative target
+//! for the adaptive λ). Settings are [`TrainConfig::default`] (the adaptive λ, the paper's
 //! 10-epoch warm-up, the divergence monitor) except the learning rate (the paper's conv
 //! rate 1e-3; the FC rate 1e-4 barely moves these small flows in 30 epochs) and the
 //! number of angle batches. Densities:
@@ -22,18 +25,22 @@
 
 use faer::Par;
 use snf::data::Tensor;
-use snf::layers::linear::{ExactLinear, SelfNormLinear};
+use snf::layers::linear::{ExactLinear, InverseFit, SelfNormLinear};
 use snf::layers::Standardize;
 use snf::prelude::*;
 
-fn flow(d: usize, snf: bool, seed: u64, standardize: Option<&Standardize>) -> snf::Result<Flow<f64>> {
+fn flow(d: usize, snf: bool, fit: InverseFit, seed: u64, standardize: Option<&Standardize>) -> snf::Result<Flow<f64>> {
     let mut rng = snf::init::rng(seed);
     let mut b = Flow::builder(Shape::flat(d));
     if let Some(s) = standardize {
         b = b.then(s.clone());
     }
     for k in 0..4 {
-        b = if snf { b.then(SelfNormLinear::<f64>::new(d, true, &mut rng)?) } else { b.then(ExactLinear::<f64>::new(d, true, &mut rng)?) };
+        b = if snf {
+            b.then(SelfNormLinear::<f64>::new(d, true, &mut rng)?.with_inverse_fit(fit)?)
+        } else {
+            b.then(ExactLinear::<f64>::new(d, true, &mut rng)?)
+        };
         if k < 3 {
             b = b.then(SmoothLeakyRelu::new(0.3)?);
         }
@@ -49,8 +56,10 @@ fn scaled(t: &Tensor, c: f64) -> snf::Result<Tensor> {
 fn main() -> snf::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let epochs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(30);
-    // optional: the adaptive λ's relative target, and a filter on the densities' names
-    let target: Option<f64> = args.get(2).and_then(|s| s.parse().ok());
+    // optional: the inverse fit (or the penalty's relative target), and a filter on the densities' names
+    let fit_arg = args.get(2).map(String::as_str).unwrap_or("projection");
+    let target: Option<f64> = fit_arg.parse().ok();
+    let fit = if fit_arg == "projection" { InverseFit::projection() } else { InverseFit::Penalty };
     let only = args.get(3).cloned().unwrap_or_default();
     let mut rng = snf::init::rng(7);
     let moons = (snf::data::toy::two_moons(20_000, 0.08, &mut rng)?, snf::data::toy::two_moons(5_000, 0.08, &mut rng)?);
@@ -75,8 +84,8 @@ fn main() -> snf::Result<()> {
         if let Some(t) = target {
             cfg.lambda = Lambda::Adaptive(snf::train::Adaptive::new(t, 1.0));
         }
-        let mut s = Trainer::new(flow(d, true, 1, st.as_ref())?, cfg, Par::Seq)?;
-        let mut e = Trainer::new(flow(d, false, 1, st.as_ref())?, cfg, Par::Seq)?;
+        let mut s = Trainer::new(flow(d, true, fit, 1, st.as_ref())?, cfg, Par::Seq)?;
+        let mut e = Trainer::new(flow(d, false, fit, 1, st.as_ref())?, cfg, Par::Seq)?;
         println!("\n### {name}: {} training / {} validation points, {epochs} epochs\n", train.len(), valid.len());
         println!("| epoch | SNF NLL | exact NLL | gap (nats) | gap (%) | angle W (deg) | rel. recon | lambda | alerts |");
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");

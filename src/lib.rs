@@ -14,7 +14,8 @@
 //! let flow = Flow::builder(Shape::flat(2))
 //!     .then(SelfNormLinear::new(2, true, &mut rng)?)   // learns W and R ≈ W⁻¹: no determinant
 //!     .then(SmoothLeakyRelu::new(0.3)?)
-//!     .then(SelfNormLinear::new(2, true, &mut rng)?)
+//!     // the paper's layer trains R with a penalty λ; the projection fit needs no λ
+//!     .then(SelfNormLinear::new(2, true, &mut rng)?.with_inverse_fit(InverseFit::projection())?)
 //!     .build()?;
 //! let cfg = TrainConfig { epochs: 2, adam: AdamConfig { lr: 1e-2, ..Default::default() }, ..Default::default() };
 //! let mut trainer = Trainer::<f64>::new(flow, cfg, faer::Par::Seq)?;
@@ -26,7 +27,10 @@
 //! A layer $f(x) = Wx$ has log-likelihood gradient $\delta_z x^T + W^{-T}$, and $W^{-T}$
 //! costs $O(D^3)$. A self-normalizing layer also learns $g(z) = Rz$ with a reconstruction
 //! penalty $\lambda\lVert RWx - x\rVert^2$ and uses $R^T$ in place of $W^{-T}$ (Eqs. 10, 11,
-//! 17, 20): every step is a handful of matrix products. The exact log-det is only needed
+//! 17, 20): every step is a handful of matrix products. With
+//! [`InverseFit::Projection`](layers::linear::InverseFit) (the FC model's default) $R$ is
+//! instead fitted to each batch after the step, and $W$ feels no penalty (`proofs/projection.md`).
+//! The exact log-det is only needed
 //! to *report* likelihoods; the [`Flow`](flow::Flow) computes its data-independent part
 //! once and caches it until a parameter changes (Eqs. 6–7).
 //!
@@ -160,6 +164,7 @@ pub mod prelude {
     pub use crate::data::{Dataset, Dequantization, Images, Splits, Tensor};
     pub use crate::distribution::{DiagGaussian, Distribution, StandardNormal};
     pub use crate::flow::{Flow, FlowGrads, FlowWorkspace, Inverse};
+    pub use crate::layers::linear::InverseFit;
     pub use crate::layers::{
         Elementwise, ExactConv2d, ExactLinear, LeakyRelu, Preprocess, SelfNormConv2d, SelfNormLinear, SmoothLeakyRelu, SplineActivation, Split, Squeeze,
     };

@@ -228,11 +228,16 @@ fn bad_arguments_and_files_give_one_error_line() {
     // values that parse but make no sense
     let e = fails(&["train", "--lr=-1", "--out", &d]);
     assert!(e.contains("--lr"), "{e}");
-    fails(&["train", "--lambda", "nan", "--out", &d]);
+    fails(&["train", "--inverse-fit", "penalty", "--lambda", "nan", "--out", &d]);
     fails(&["train", "--epochs", "0", "--out", &d]);
     fails(&["train", "--geco-rate", "1e-3", "--out", &d]); // needs --geco-target
-    let e = fails(&["train", "--geco-target", "4", "--geco-rate=-1", "--out", &d]);
+    let e = fails(&["train", "--inverse-fit", "penalty", "--geco-target", "4", "--geco-rate=-1", "--out", &d]);
     assert!(e.contains("--geco-rate"), "{e}");
+    // the FC model's default projection fit has no λ to set; the conv model has no projection fit
+    let e = fails(&["train", "--lambda", "0.5", "--out", &d]);
+    assert!(e.contains("--inverse-fit penalty"), "{e}");
+    let e = fails(&["train", "--model", "conv", "--inverse-fit", "projection", "--out", &d]);
+    assert!(e.contains("--inverse-fit"), "{e}");
     fails(&["sample", &d, "-n", "0"]);
     // missing data folder
     let e = fails(&["train", "--data", "/no/such/mnist", "--out", &format!("{d}/r")]);

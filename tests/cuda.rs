@@ -5,7 +5,7 @@
 
 use faer::{Mat, Par};
 use snf::cuda::{fc::GpuFc, Gpu};
-use snf::flow::models::fc_two_layer;
+use snf::flow::models::fc_two_layer_with;
 use snf::Error;
 
 fn gpu_or_skip(test: &str) -> Option<Gpu> {
@@ -38,7 +38,13 @@ fn without_a_gpu_the_backend_reports_a_typed_error() {
 #[test]
 fn gpu_gradients_match_the_cpu() {
     let Some(gpu) = gpu_or_skip("gpu_gradients_match_the_cpu") else { return };
-    let flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(3)).unwrap();
+    let flow = fc_two_layer_with::<f32, _>(
+        snf::data::mnist::SHAPE,
+        snf::flow::models::Gradient::SelfNormalizing,
+        snf::layers::linear::InverseFit::Penalty,
+        &mut snf::init::rng(3),
+    )
+    .unwrap();
     let b = 32;
     let x = Mat::from_fn(784, b, |i, j| ((i * 37 + j * 101) % 256) as f32 + 0.5);
     let mut cpu = flow.zero_grads();
@@ -62,7 +68,13 @@ fn gpu_training_writes_back_a_trained_flow() {
     let Some(gpu) = gpu_or_skip("gpu_training_writes_back_a_trained_flow") else { return };
     let mnist = snf::data::mnist::Mnist::load(&snf::data::mnist::Mnist::shipped_dir()).unwrap();
     let train = mnist.train.head(1000);
-    let mut flow = fc_two_layer::<f32, _>(snf::data::mnist::SHAPE, snf::flow::models::Gradient::SelfNormalizing, &mut snf::init::rng(4)).unwrap();
+    let mut flow = fc_two_layer_with::<f32, _>(
+        snf::data::mnist::SHAPE,
+        snf::flow::models::Gradient::SelfNormalizing,
+        snf::layers::linear::InverseFit::Penalty,
+        &mut snf::init::rng(4),
+    )
+    .unwrap();
     let before = flow.clone();
     let mut model = GpuFc::from_flow(&gpu, &flow, 100).unwrap();
     model.upload_data(&train).unwrap();

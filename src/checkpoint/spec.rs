@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::activation::{LeakyRelu, SmoothLeakyRelu, SplineActivation, SplineConfig};
 use crate::error::{Error, Result};
 use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
-use crate::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
+use crate::layers::linear::{ExactLinear, InverseFit, RelativeLinear, SelfNormLinear};
 use crate::layers::{
     ActNorm, AffineCoupling, AffineCouplingConfig, AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, InvConv1x1, LuConv1x1, Preprocess,
     Split, Squeeze, Standardize,
@@ -40,6 +40,9 @@ pub enum LayerSpec {
         dim: usize,
         /// Has a bias.
         bias: bool,
+        /// How its inverse is kept (absent in older checkpoints: the paper's penalty).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inverse_fit: Option<InverseFit>,
     },
     /// [`ExactLinear`] (tensors `w`, `b`?).
     ExactLinear {
@@ -175,10 +178,10 @@ impl LayerSpec {
         Ok(match self {
             LayerSpec::Preprocess { alpha } => Box::new(Preprocess::new(*alpha)?),
             LayerSpec::Standardize { mean, std } => Box::new(Standardize::new(mean.clone(), std.clone())?),
-            LayerSpec::SnfLinear { dim, bias } => {
+            LayerSpec::SnfLinear { dim, bias, inverse_fit } => {
                 let (w, r) = (next()?, next()?);
                 let b = if *bias { Some(next()?) } else { None };
-                let l = SelfNormLinear::from_parts(w, r, b)?;
+                let l = SelfNormLinear::from_parts(w, r, b)?.with_inverse_fit(inverse_fit.unwrap_or_default())?;
                 check_dim(OP, l.dim(), *dim)?;
                 Box::new(l)
             }

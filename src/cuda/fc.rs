@@ -9,7 +9,7 @@ use super::{launched, Gpu};
 use crate::data::mnist::Split;
 use crate::error::{check_shape, Error, Result};
 use crate::flow::{Flow, FlowGrads};
-use crate::layers::linear::{LinearGrads, SelfNormLinear};
+use crate::layers::linear::{InverseFit, LinearGrads, SelfNormLinear};
 use crate::layers::{Preprocess, SmoothLeakyRelu};
 use crate::optim::AdamConfig;
 use crate::transform::Grads;
@@ -51,7 +51,7 @@ pub(crate) fn col_major(m: MatRef<'_, f32>) -> Vec<f32> {
 
 impl<'g> GpuFc<'g> {
     /// Copy the parameters of `flow` — which must have the shape of
-    /// [`fc_two_layer`](crate::flow::models::fc_two_layer)`(true, ..)`: preprocessing,
+    /// [`fc_two_layer_with`](crate::flow::models::fc_two_layer_with)`(.., InverseFit::Penalty, ..)`: preprocessing,
     /// self-normalizing linear with bias, smooth leaky ReLU, self-normalizing linear with
     /// bias — to the GPU, with buffers for batches of up to `max_batch`.
     ///
@@ -73,6 +73,12 @@ impl<'g> GpuFc<'g> {
             };
         if max_batch == 0 {
             return Err(bad());
+        }
+        if l1.inverse_fit() != InverseFit::Penalty || l2.inverse_fit() != InverseFit::Penalty {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: "the GPU backend runs the paper's penalised layers; build the model with fc_two_layer_with(.., InverseFit::Penalty, ..)".into(),
+            });
         }
         let d = flow.dim();
         let layer = |l: &SelfNormLinear<f32>| -> Result<Linear> {

@@ -17,9 +17,11 @@
 //! # Example
 //! ```no_run
 //! use snf::cuda::{fc::GpuFc, Gpu};
-//! use snf::flow::models::fc_two_layer;
+//! use snf::flow::models::{fc_two_layer_with, Gradient};
+//! use snf::layers::linear::InverseFit;
 //! let gpu = Gpu::new(0)?; // Err(Error::Gpu) without a GPU
-//! let mut flow = fc_two_layer::<f32, _>(true, &mut snf::init::rng(0))?;
+//! // the GPU backend runs the paper's penalised layers
+//! let mut flow = fc_two_layer_with::<f32, _>(snf::data::mnist::SHAPE, Gradient::SelfNormalizing, InverseFit::Penalty, &mut snf::init::rng(0))?;
 //! let mut model = GpuFc::from_flow(&gpu, &flow, 100)?;
 //! # Ok::<(), snf::Error>(())
 //! ```

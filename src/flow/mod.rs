@@ -430,6 +430,29 @@ impl<T: Real> Flow<T> {
         Ok(b)
     }
 
+    /// Let every transform make its own once-per-step updates ([`Transform::after_step`])
+    /// from what the last [`gradients_with`](Self::gradients_with) on `ws` left there: the
+    /// projection fit of a [`SelfNormLinear`](crate::layers::linear::SelfNormLinear) moves
+    /// its learned inverse here. Call it once per training step, after the optimiser step
+    /// (the trainer does). Never allocates.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a workspace of another flow; the transforms' errors.
+    pub fn after_step(&mut self, ws: &mut FlowWorkspace<T>) -> Result<()> {
+        if ws.layers.len() != self.layers.len() {
+            return Err(Error::InvalidArgument { op: "Flow::after_step", reason: "workspace made for another flow".into() });
+        }
+        self.version = next_version();
+        let (layers, par) = (&mut self.layers, ws.par);
+        crate::util::in_pool(par, || layers.iter_mut().zip(&mut ws.layers).try_for_each(|(layer, w)| layer.after_step(w)))
+    }
+
+    /// Whether λ means anything to this flow: some self-normalizing transform carries the
+    /// reconstruction penalty ([`SelfNormalizing::uses_penalty`](crate::transform::SelfNormalizing::uses_penalty)).
+    pub fn uses_penalty(&self) -> bool {
+        self.layers.iter().any(|l| l.as_self_normalizing().is_some_and(|s| s.uses_penalty()))
+    }
+
     /// Data-dependent initialisation ([`Transform::data_init`]) of every transform, in
     /// order, each from the output of the ones before it on the batch `x` (ActNorm's
     /// first-batch statistics). Allocates its own buffers once; transforms without such an

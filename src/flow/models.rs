@@ -7,7 +7,7 @@ use super::Flow;
 use crate::activation::{SmoothLeakyRelu, SplineActivation, SplineConfig};
 use crate::error::{Error, Result};
 use crate::layers::conv::{ExactConv2d, SelfNormConv2d, SelfNormConv2dConfig};
-use crate::layers::linear::{ExactLinear, RelativeLinear, SelfNormLinear};
+use crate::layers::linear::{ExactLinear, InverseFit, RelativeLinear, SelfNormLinear};
 use crate::layers::{AutoregressiveConv2d, AutoregressiveConv2dConfig, ConvExp, ConvExpConfig, Direction, InvConv1x1, Preprocess, Squeeze};
 use crate::real::Real;
 use crate::shape::Shape;
@@ -35,13 +35,27 @@ pub enum Gradient {
 /// preprocessing of 8-bit pixels, a $D\times D$ fully connected layer with bias, a smooth
 /// leaky ReLU ($\alpha = 0.3$), and a second fully connected layer.
 ///
+/// The self-normalizing layers keep their inverses by the projection fit
+/// ([`InverseFit::Projection`]), which tracks the exact twin without a λ to tune
+/// (`docs/results.md`); [`fc_two_layer_with`] builds the paper's penalised layers instead.
+///
 /// # Errors
 /// [`Error::InvalidArgument`] for an empty shape; the constructors' checks.
 pub fn fc_two_layer<T: Real, R: Rng>(shape: Shape, gradient: Gradient, rng: &mut R) -> Result<Flow<T>> {
+    fc_two_layer_with(shape, gradient, InverseFit::projection(), rng)
+}
+
+/// [`fc_two_layer`] with the self-normalizing layers' [`InverseFit`] chosen
+/// ([`InverseFit::Penalty`]: the paper's Eq. 3, steered by λ). The same random draws as
+/// [`fc_two_layer`] for every `fit`, so the models start from the same weights.
+///
+/// # Errors
+/// As [`fc_two_layer`]; [`Error::InvalidArgument`] for settings [`InverseFit::validate`] rejects.
+pub fn fc_two_layer_with<T: Real, R: Rng>(shape: Shape, gradient: Gradient, fit: InverseFit, rng: &mut R) -> Result<Flow<T>> {
     let d = shape.checked_dim()?;
     let linear = |rng: &mut R| -> Result<Box<dyn Transform<T>>> {
         Ok(match gradient {
-            Gradient::SelfNormalizing => Box::new(SelfNormLinear::<T>::new(d, true, rng)?),
+            Gradient::SelfNormalizing => Box::new(SelfNormLinear::<T>::new(d, true, rng)?.with_inverse_fit(fit)?),
             Gradient::Exact => Box::new(ExactLinear::<T>::new(d, true, rng)?),
             Gradient::Relative => Box::new(RelativeLinear::<T>::new(d, true, rng)?),
         })

@@ -140,6 +140,19 @@ pub trait Transform<T: Real>: CloneTransform<T> + std::any::Any + Send + Sync + 
         Ok(0.0)
     }
 
+    /// Updates a transform makes to itself once per training step, after the optimiser has
+    /// applied the gradients of the last [`backward`](Self::backward) on `ws` (a
+    /// [`SelfNormLinear`](crate::layers::linear::SelfNormLinear) with the projection fit
+    /// moves its learned inverse here). Nothing by default. The trainer calls
+    /// [`Flow::after_step`](crate::flow::Flow::after_step); a hand-written loop must too.
+    ///
+    /// # Errors
+    /// A workspace of another transform; the transform's own errors.
+    fn after_step(&mut self, ws: &mut Workspace<T>) -> Result<()> {
+        let _ = ws;
+        Ok(())
+    }
+
     /// The parameter blocks with their names, in the one order used by [`Grads`], the
     /// optimiser and checkpoints. None by default.
     fn params(&self) -> Vec<Param<'_, T>> {
@@ -195,6 +208,14 @@ pub trait SelfNormalizing<T: Real>: Transform<T> {
     /// # Errors
     /// A workspace of another layer.
     fn prepare_exact(&self, ws: &mut Workspace<T>) -> Result<()>;
+
+    /// Whether this layer's gradient carries the reconstruction penalty $\lambda\mathcal E$
+    /// (Eq. 3), i.e. whether λ means anything to it. `true` by default; a layer that keeps
+    /// its inverse another way returns `false`, and a flow made only of such layers has no
+    /// λ to steer.
+    fn uses_penalty(&self) -> bool {
+        true
+    }
 
     /// The learned inverse $x = g(y)$ (sampling through it is Fig. 2's left column).
     ///

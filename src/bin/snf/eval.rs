@@ -64,6 +64,7 @@ fn eval<T: Real>(a: &Args, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         grad: Grad::Snf,
         mixing: Default::default(),
         glow: None,
+        inverse_fit: Default::default(),
         precision: Precision::F32,
         dataset: DatasetKind::Mnist,
         data: None,

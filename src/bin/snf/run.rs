@@ -18,8 +18,9 @@ use snf::data::idx_set::{load_idx, Checksums, IdxOptions};
 use snf::data::mnist::{LoadOptions, Mnist};
 use snf::data::{Images, Splits};
 use snf::flow::glow::{glow, GlowConfig, GlowMixing};
-use snf::flow::models::{conv_nine_layer_with, fc_two_layer, ConvMixing, Gradient};
+use snf::flow::models::{conv_nine_layer_with, fc_two_layer_with, ConvMixing, Gradient};
 use snf::flow::Flow;
+use snf::layers::linear::InverseFit;
 use snf::train::{EpochRecord, TrainConfig};
 use snf::{Real, Shape};
 
@@ -63,6 +64,19 @@ pub enum Grad {
     /// FC model only: plain layers trained with the relative gradient (Gresele et al.,
     /// 2020), no inverse (Table 1's baseline).
     Relative,
+}
+
+/// How the FC model's self-normalizing layers keep R close to W^{-1}.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fit {
+    /// Fit R to each batch by a projection after every step; W follows the likelihood
+    /// alone (no λ). Tracks the exact twin (docs/results.md).
+    Projection,
+    /// The paper's Eq. 3: R trained with a reconstruction penalty λ that also pulls on W
+    /// (what runs made before this setting existed used).
+    #[default]
+    Penalty,
 }
 
 /// The conv model's mixing layers (Table 1's conv rows).
@@ -133,6 +147,9 @@ pub struct RunSettings {
     /// Glow's levels, steps and width (`--model glow` only).
     #[serde(default)]
     pub glow: Option<GlowArch>,
+    /// The FC model's inverse fit (absent in older runs: the penalty).
+    #[serde(default)]
+    pub inverse_fit: Fit,
     /// Precision.
     pub precision: Precision,
     /// The data set format.
@@ -364,7 +381,13 @@ pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
         Grad::Relative => Gradient::Relative,
     };
     Ok(match s.model {
-        Model::Fc => fc_two_layer::<T, _>(shape, gradient, &mut rng)?,
+        Model::Fc => {
+            let fit = match s.inverse_fit {
+                Fit::Projection => InverseFit::projection(),
+                Fit::Penalty => InverseFit::Penalty,
+            };
+            fc_two_layer_with::<T, _>(shape, gradient, fit, &mut rng)?
+        }
         Model::Conv => {
             let mixing = match s.mixing {
                 Mixing::Conv3x3 => ConvMixing::Conv3x3(gradient),

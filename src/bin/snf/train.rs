@@ -11,7 +11,9 @@ use snf::train::{Adaptive, Geco, Lambda, TrainConfig, Trainer};
 use snf::Real;
 
 use crate::error::{CliError, Result};
-use crate::run::{absolute, build_model, describe_data, load_data, CheckpointMeta, DatasetKind, GlowArch, Grad, Mixing, Model, Precision, RunDir, RunSettings};
+use crate::run::{
+    absolute, build_model, describe_data, load_data, CheckpointMeta, DatasetKind, Fit, GlowArch, Grad, Mixing, Model, Precision, RunDir, RunSettings,
+};
 use snf::data::{Images, Splits};
 
 #[derive(clap::Args)]
@@ -43,6 +45,11 @@ pub struct Args {
     /// Peak learning rate [default: 1e-4 for fc, 1e-3 for conv and glow, the paper's].
     #[arg(long)]
     lr: Option<f64>,
+    /// FC model: how the self-normalizing layers keep R ≈ W^{-1}. `projection` (the
+    /// default) fits R to each batch and needs no λ; `penalty` is the paper's Eq. 3 with
+    /// the λ options below.
+    #[arg(long, value_enum)]
+    inverse_fit: Option<Fit>,
     /// A fixed reconstruction penalty λ (the paper's; default: the adaptive λ, see
     /// --recon-target; for glow the paper's 100, or 1000 on cifar10). With --geco-target: GECO's starting λ [default: 1].
     #[arg(long)]
@@ -322,6 +329,17 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         }
         _ => return Err(CliError::Usage("--mixing emerging|convexp needs --model conv".into())),
     };
+    let inverse_fit = match (a.model, a.inverse_fit) {
+        (Model::Fc, f) => f.unwrap_or(Fit::Projection),
+        (_, None) => Fit::Penalty,
+        (_, Some(_)) => return Err(CliError::Usage("--inverse-fit is the fc model's (the conv and glow models use the penalty)".into())),
+    };
+    let lambda_given = a.lambda.is_some() || a.recon_target.is_some() || a.geco_target.is_some();
+    if a.model == Model::Fc && grad == Grad::Snf && inverse_fit == Fit::Projection && lambda_given {
+        return Err(CliError::Usage(
+            "--lambda, --recon-target and --geco-target steer the penalty: the projection fit has none (add --inverse-fit penalty)".into(),
+        ));
+    }
     let lr = a.lr.unwrap_or(if a.model == Model::Fc { 1e-4 } else { 1e-3 });
     let lambda = match (a.geco_target, a.lambda) {
         (Some(t), l) => {
@@ -377,6 +395,7 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         grad,
         mixing,
         glow,
+        inverse_fit,
         precision: a.precision,
         dataset: a.dataset,
         data: absolute(&a.data)?,
@@ -422,6 +441,8 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
             dir.root.display()
         );
     }
+    // λ means nothing to a flow whose learned inverses carry no penalty (the projection fit)
+    let penalised = trainer.flow().uses_penalty();
     let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}").map_err(|e| CliError::Usage(e.to_string()))?.progress_chars("=> ");
     for epoch in first..=total {
         let steps = data.train.len() / s.config.batch;
@@ -434,10 +455,8 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
             let rate = (p.step * batch) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
             bar.set_position(p.step as u64);
             if snf_run {
-                bar.set_message(format!(
-                    "train -log p~ {:.1}  recon {:.2e}  lambda {:.3}  {:.0} img/s",
-                    -p.partial_log_prob, p.reconstruction_error, p.lambda, rate
-                ));
+                let lambda = if penalised { format!("  lambda {:.3}", p.lambda) } else { String::new() };
+                bar.set_message(format!("train -log p~ {:.1}  recon {:.2e}{lambda}  {:.0} img/s", -p.partial_log_prob, p.reconstruction_error, rate));
             } else {
                 bar.set_message(format!("train -log p~ {:.1}  {:.0} img/s", -p.partial_log_prob, rate));
             }
@@ -458,7 +477,8 @@ fn train<T: Real>(mut trainer: Trainer<T>, s: &RunSettings, dir: &RunDir, a: &Ar
         bar.finish_and_clear();
         if !quiet {
             let recon = if snf_run {
-                format!(", recon {:.3e} (relative {:.2e}), lambda {:.3}", record.reconstruction_error, record.relative_reconstruction_error, record.lambda)
+                let lambda = if penalised { format!(", lambda {:.3}", record.lambda) } else { String::new() };
+                format!(", recon {:.3e} (relative {:.2e}){lambda}", record.reconstruction_error, record.relative_reconstruction_error)
             } else {
                 String::new()
             };

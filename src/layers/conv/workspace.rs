@@ -109,7 +109,7 @@ impl<T: Real> ConvWorkspace<T> {
                 g_batch: None,
             });
         }
-        self.exact.as_mut().ok_or(crate::Error::InvalidArgument { op: "ConvWorkspace::ensure_exact", reason: "no exact buffers".into() })
+        self.exact.as_mut().ok_or_else(|| crate::Error::InvalidArgument { op: "ConvWorkspace::ensure_exact", reason: "no exact buffers".into() })
     }
 
     /// The example dimension $D$.

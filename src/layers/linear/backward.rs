@@ -7,7 +7,7 @@ use crate::util::gemm as matmul;
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{unzip, zip, Accum, MatMut, MatRef};
 
-use super::{BackwardStats, LinearGrads, LinearWorkspace, SelfNormLinear};
+use super::{BackwardStats, InverseFit, LinearGrads, LinearWorkspace, SelfNormLinear};
 use crate::error::{check_shape, Error, Result};
 use crate::layers::check_backward_operands;
 use crate::real::Real;
@@ -63,6 +63,9 @@ impl<T: Real> SelfNormLinear<T> {
         let b = self.check_after_forward(OP, x, ws)?;
         let d = self.dim();
         check_backward_operands(OP, d, b, &[(dz.nrows(), dz.ncols()), (dx.nrows(), dx.ncols())], lambda)?;
+        if let InverseFit::Projection(p) = self.fit {
+            return self.backward_projected(x, dz, dx, grads, ws, p, b);
+        }
         let par = ws.par;
         let (one, half) = (T::from_f64(1.0), T::from_f64(0.5));
         let inv_b = T::from_f64(1.0 / b as f64);
@@ -131,6 +134,9 @@ impl<T: Real> SelfNormLinear<T> {
         check_backward_operands(OP, d, b, &shapes, lambda)?;
         if ws.exact.as_ref().and_then(|e| e.g_batch) != Some(b) {
             return Err(Error::InvalidArgument { op: OP, reason: "call g_inverse() on this batch with this workspace first".into() });
+        }
+        if let InverseFit::Projection(_) = self.fit {
+            return self.backward_exact_projected(x, dz_f, dz_g, dx_f, dx_g, grads, ws, b);
         }
         let par = ws.par;
         let (one, half) = (T::from_f64(1.0), T::from_f64(0.5));

@@ -22,11 +22,14 @@
 mod backward;
 mod exact_linear;
 mod forward;
+mod inverse_fit;
+mod projection;
 mod relative;
 mod transform;
 mod workspace;
 
 pub use exact_linear::{ExactLinear, ExactLinearGrads, ExactLinearWorkspace};
+pub use inverse_fit::{InverseFit, Projection};
 pub use relative::{RelativeLinear, RelativeLinearWorkspace};
 pub use workspace::LinearWorkspace;
 
@@ -73,6 +76,7 @@ pub struct SelfNormLinear<T: Real> {
     /// transposes, and products with $R$ are transposed views, which faer runs at full speed.
     pub(crate) rt: Mat<T>,
     pub(crate) b: Option<Mat<T>>,
+    pub(crate) fit: InverseFit,
 }
 
 /// Gradients of the loss with respect to a [`SelfNormLinear`]'s parameters.
@@ -126,7 +130,7 @@ impl<T: Real> SelfNormLinear<T> {
         let w = crate::init::identity_plus_noise::<T>(dim, std, rng);
         // R = W^T, stored as R^T = W.
         let rt = w.clone();
-        Ok(Self { w, rt, b: bias.then(|| Mat::zeros(dim, 1)) })
+        Ok(Self { w, rt, b: bias.then(|| Mat::zeros(dim, 1)), fit: InverseFit::Penalty })
     }
 
     /// A layer from explicit parameters.
@@ -152,7 +156,30 @@ impl<T: Real> SelfNormLinear<T> {
         if !finite {
             return Err(Error::NonFinite { op: OP });
         }
-        Ok(Self { w, rt: r.transpose().to_owned(), b })
+        Ok(Self { w, rt: r.transpose().to_owned(), b, fit: InverseFit::Penalty })
+    }
+
+    /// The same layer with its inverse kept by `fit` ([`InverseFit::Penalty`], the paper's,
+    /// is what [`new`](Self::new) and [`from_parts`](Self::from_parts) make).
+    ///
+    /// ```
+    /// use snf::layers::linear::{InverseFit, SelfNormLinear};
+    /// let layer = SelfNormLinear::<f32>::new(8, true, &mut snf::init::rng(0))?.with_inverse_fit(InverseFit::projection())?;
+    /// assert_eq!(layer.inverse_fit(), InverseFit::projection());
+    /// # Ok::<(), snf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for settings [`InverseFit::validate`] rejects.
+    pub fn with_inverse_fit(mut self, fit: InverseFit) -> Result<Self> {
+        fit.validate()?;
+        self.fit = fit;
+        Ok(self)
+    }
+
+    /// How $R$ is kept close to $W^{-1}$.
+    pub fn inverse_fit(&self) -> InverseFit {
+        self.fit
     }
 
     /// The dimension $D$.

@@ -3,7 +3,9 @@
 use faer::{MatMut, MatRef, Par};
 use serde_json::json;
 
-use super::{ExactLinear, ExactLinearGrads, ExactLinearWorkspace, LinearGrads, LinearWorkspace, RelativeLinear, RelativeLinearWorkspace, SelfNormLinear};
+use super::{
+    ExactLinear, ExactLinearGrads, ExactLinearWorkspace, InverseFit, LinearGrads, LinearWorkspace, RelativeLinear, RelativeLinearWorkspace, SelfNormLinear,
+};
 use crate::error::Result;
 use crate::real::Real;
 use crate::shape::{shape_error, Shape};
@@ -49,7 +51,11 @@ impl<T: Real> Transform<T> for SelfNormLinear<T> {
         flat_output("SelfNormLinear::output_shape", self.dim(), input)
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
-        Workspace::new(LinearWorkspace::<T>::new(self.dim(), max_batch, par)?, max_batch, par)
+        let mut buffers = LinearWorkspace::<T>::new(self.dim(), max_batch, par)?;
+        if let InverseFit::Projection(_) = self.fit {
+            buffers = buffers.with_projection()?;
+        }
+        Workspace::new(buffers, max_batch, par)
     }
     fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, _logdet: &mut [f64], ws: &mut Workspace<T>) -> Result<Tape> {
         SelfNormLinear::forward(self, x, y, ws.buffers_mut()?)?;
@@ -74,6 +80,9 @@ impl<T: Real> Transform<T> for SelfNormLinear<T> {
     fn static_log_det(&self, _ws: &mut Workspace<T>) -> Result<f64> {
         self.log_abs_det()
     }
+    fn after_step(&mut self, ws: &mut Workspace<T>) -> Result<()> {
+        self.apply_projection(ws.buffers_mut()?).map(|_| ())
+    }
     fn params(&self) -> Vec<Param<'_, T>> {
         let mut v = vec![Param { name: "w", value: self.w() }, Param { name: "r", value: self.r() }];
         v.extend(self.bias().map(|b| Param { name: "b", value: b }));
@@ -86,7 +95,11 @@ impl<T: Real> Transform<T> for SelfNormLinear<T> {
         Grads::new(SelfNormLinear::zero_grads(self))
     }
     fn spec(&self) -> serde_json::Value {
-        json!({"kind": "snf-linear", "dim": self.dim(), "bias": self.b.is_some()})
+        match self.fit {
+            // the paper's layer keeps the spec older checkpoints have
+            InverseFit::Penalty => json!({"kind": "snf-linear", "dim": self.dim(), "bias": self.b.is_some()}),
+            fit => json!({"kind": "snf-linear", "dim": self.dim(), "bias": self.b.is_some(), "inverse_fit": fit}),
+        }
     }
     fn as_self_normalizing(&self) -> Option<&dyn SelfNormalizing<T>> {
         Some(self)
@@ -94,6 +107,9 @@ impl<T: Real> Transform<T> for SelfNormLinear<T> {
 }
 
 impl<T: Real> SelfNormalizing<T> for SelfNormLinear<T> {
+    fn uses_penalty(&self) -> bool {
+        self.fit == InverseFit::Penalty
+    }
     fn prepare_exact(&self, ws: &mut Workspace<T>) -> Result<()> {
         ws.buffers_mut::<LinearWorkspace<T>>()?.ensure_exact().map(|_| ())
     }

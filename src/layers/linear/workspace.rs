@@ -2,6 +2,7 @@
 
 use faer::{Mat, MatMut, MatRef, Par};
 
+use super::inverse_fit::ProjectionBuffers;
 use crate::error::Result;
 use crate::exact::Lu;
 use crate::real::Real;
@@ -19,6 +20,8 @@ pub struct LinearWorkspace<T: Real> {
     pub(crate) t: Mat<T>,
     pub(crate) batch: Option<usize>,
     pub(crate) exact: Option<ExactBuffers<T>>,
+    /// The projection fit's buffers ([`InverseFit::Projection`](super::InverseFit::Projection)).
+    pub(crate) proj: Option<ProjectionBuffers<T>>,
 }
 
 #[derive(Debug)]
@@ -39,7 +42,7 @@ impl<T: Real> LinearWorkspace<T> {
     /// buffers cannot be allocated (a batch of 2^40 columns, say).
     pub fn new(dim: usize, max_batch: usize, par: Par) -> Result<Self> {
         let z = || crate::util::try_zeros(dim, max_batch);
-        Ok(Self { par, u: z()?, e: z()?, t: z()?, batch: None, exact: None })
+        Ok(Self { par, u: z()?, e: z()?, t: z()?, batch: None, exact: None, proj: None })
     }
 
     /// Also allocate the exact path's buffers (two LU workspaces, `R^{-1}x`), so that
@@ -63,7 +66,25 @@ impl<T: Real> LinearWorkspace<T> {
                 g_batch: None,
             });
         }
-        self.exact.as_mut().ok_or(crate::Error::InvalidArgument { op: "LinearWorkspace::ensure_exact", reason: "no exact buffers".into() })
+        self.exact.as_mut().ok_or_else(|| crate::Error::InvalidArgument { op: "LinearWorkspace::ensure_exact", reason: "no exact buffers".into() })
+    }
+
+    /// Also allocate the projection fit's buffers (two `B x B` matrices and a Cholesky
+    /// scratch), so that a layer with [`InverseFit::Projection`](super::InverseFit::Projection)
+    /// allocates nothing in its steps. Layers made as transforms do this themselves.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_projection(mut self) -> Result<Self> {
+        self.ensure_projection()?;
+        Ok(self)
+    }
+
+    pub(crate) fn ensure_projection(&mut self) -> Result<&mut ProjectionBuffers<T>> {
+        if self.proj.is_none() {
+            self.proj = Some(ProjectionBuffers::new(self.max_batch())?);
+        }
+        self.proj.as_mut().ok_or_else(|| crate::Error::InvalidArgument { op: "LinearWorkspace::ensure_projection", reason: "no projection buffers".into() })
     }
 
     /// The layer dimension this workspace serves.
