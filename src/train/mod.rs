@@ -488,7 +488,7 @@ impl<T: Real> Trainer<T> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ epoch as u64);
         let warmup_steps = (self.cfg.warmup_epochs * steps_per_epoch as f64).max(0.0);
         // a flow whose learned inverses carry no penalty has no constraint for λ to steer
-        let has_snf = self.flow.uses_penalty();
+        let steers_lambda = self.flow.uses_penalty();
         let (mut recon_sum, mut rel_sum, mut logp_sum, mut counted, mut skipped) = (0.0, 0.0, 0.0, 0usize, 0usize);
         let mut angle_samples: Vec<Vec<f64>> = vec![Vec::new(); self.flow.layers().len()];
         let mut angle_w_samples: Vec<Vec<f64>> = vec![Vec::new(); self.flow.layers().len()];
@@ -566,8 +566,7 @@ impl<T: Real> Trainer<T> {
                 adam.step(layer.params_mut().into_iter().zip(g.blocks()))?;
             }
             self.flow.after_step(&mut self.ws)?;
-            // a flow without learned inverses has no constraint to steer
-            if has_snf {
+            if steers_lambda {
                 self.lambda.update(stats.reconstruction_error, stats.relative_reconstruction_error);
             }
             recon_sum += stats.reconstruction_error;

@@ -45,9 +45,7 @@ impl<T: Real> SelfNormLinear<T> {
         z.copy_from(u.rb());
         add_bias(z, self.bias());
         ws.batch = Some(b);
-        if let Some(p) = ws.proj.as_mut() {
-            p.pending = None; // `u` now belongs to this batch
-        }
+        ws.void_projection(); // `u` now belongs to this batch
         Ok(())
     }
 
@@ -60,9 +58,7 @@ impl<T: Real> SelfNormLinear<T> {
         self.check_ws(OP, ws)?;
         let b = ws.check_batch(OP, z)?;
         LinearWorkspace::check_out(OP, &x, self.dim(), b)?;
-        if let Some(p) = ws.proj.as_mut() {
-            p.pending = None; // `t` is overwritten below
-        }
+        ws.void_projection(); // `t` is overwritten below
         let mut t = ws.t.as_mut().subcols_mut(0, b);
         t.copy_from(z);
         sub_bias(t.rb_mut(), self.bias());
@@ -137,12 +133,10 @@ impl<T: Real> SelfNormLinear<T> {
         const OP: &str = "SelfNormLinear::reconstruction_error";
         self.check_ws(OP, ws)?;
         let b = ws.check_batch(OP, x)?;
+        ws.void_projection(); // `u` is overwritten below
         let mut u = ws.u.as_mut().subcols_mut(0, b);
         matmul(u.rb_mut(), Accum::Replace, self.w.as_ref(), x, T::from_f64(1.0), ws.par);
         ws.batch = None; // `u` no longer matches a forward() output
-        if let Some(p) = ws.proj.as_mut() {
-            p.pending = None;
-        }
         let mut e = ws.e.as_mut().subcols_mut(0, b);
         Ok(self.residual(x, u.rb(), e.rb_mut(), ws.par))
     }

@@ -118,7 +118,8 @@ impl<T: Real> ProjectionBuffers<T> {
         Ok(Self { gram: crate::util::try_zeros(max_batch, max_batch)?, inv: crate::util::try_zeros(max_batch, max_batch)?, scratch, pending: None })
     }
 
-    /// Overwrite `e` (`D x B`, the residual $E = RU - X$) with $E(U^TU + \rho I)^{-1}$.
+    /// Write $E(U^TU + \rho I)^{-1}$ into `out` (`D x B`), for the residual `e` $= E = RU - X$
+    /// of the outputs `u` $= U$, with $\rho$ = `ridge` times the mean of $U^TU$'s diagonal.
     /// Never allocates.
     ///
     /// # Errors

@@ -87,6 +87,13 @@ impl<T: Real> LinearWorkspace<T> {
         self.proj.as_mut().ok_or_else(|| crate::Error::InvalidArgument { op: "LinearWorkspace::ensure_projection", reason: "no projection buffers".into() })
     }
 
+    /// Drop a pending projection step: `u` or `t` is about to be overwritten.
+    pub(crate) fn void_projection(&mut self) {
+        if let Some(p) = self.proj.as_mut() {
+            p.pending = None;
+        }
+    }
+
     /// The layer dimension this workspace serves.
     pub fn dim(&self) -> usize {
         self.u.nrows()
