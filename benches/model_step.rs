@@ -19,7 +19,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par};
-use snf::flow::models::{conv_nine_layer, conv_nine_layer_with, fc_two_layer, fc_two_layer_with, ConvMixing, Gradient};
+use snf::flow::models::{conv_nine_layer, conv_nine_layer_with, conv_nine_layer_with_fit, fc_two_layer, fc_two_layer_with, ConvMixing, Gradient};
 use snf::flow::Flow;
 use snf::layers::linear::InverseFit;
 use snf::layers::ConvExp;
@@ -140,6 +140,15 @@ fn conv_step(c: &mut Criterion) {
         let flow = conv_nine_layer::<f32, _>(snf::data::mnist::SHAPE, gradient, &mut snf::init::rng(0)).unwrap();
         bench_flow(&mut group, name, flow, gradient == Gradient::SelfNormalizing);
     }
+    // the paper's penalised layers (Eq. 3), for the projection fit's cost against them
+    let penalty = conv_nine_layer_with_fit::<f32, _>(
+        snf::data::mnist::SHAPE,
+        ConvMixing::Conv3x3(Gradient::SelfNormalizing),
+        InverseFit::Penalty,
+        &mut snf::init::rng(0),
+    )
+    .unwrap();
+    bench_flow(&mut group, "snf_penalty", penalty, false);
     // Table 1's conv baselines (exact gradients). The convolution exponential's cost grows
     // with its kernel's norm bound (the series length): timed at the near-identity start
     // and with every kernel scaled to the bound c, where the series is longest (9 terms).

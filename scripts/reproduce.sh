@@ -3,7 +3,8 @@
 # twin, same seed, same data order, then test NLL, plots and a sample grid.
 #   scripts/reproduce.sh fc     # FC 2-layer, 10 epochs, the projection fit (the default), 10-epoch warm-up (~5 min on 2 cores)
 #                               # (PENALTY=1: the paper's penalty with lambda 0.5, docs/results.md run E)
-#   scripts/reproduce.sh conv   # Conv 9-layer, 2 epochs, lambda 1 (~10 min on 2 cores)
+#   scripts/reproduce.sh conv   # Conv 9-layer, 2 epochs, the projection fit (the default), 1-epoch warm-up (~10 min on 2 cores)
+#                               # (PENALTY=1: the paper's penalty with lambda 1, docs/reproduction.md's older rows)
 # EPOCHS=N overrides the epochs. Writes runs/repro-MODEL-{snf,exact}/ and the pictures into
 # docs/img/ (fc) or docs/img/conv/ (conv).
 set -euo pipefail
@@ -12,7 +13,8 @@ MODEL=${1:-fc}
 case "$MODEL" in
     fc) EPOCHS=${EPOCHS:-10}; flags=(--warmup 10 --angle-batches 2); img=docs/img
         if [ -n "${PENALTY:-}" ]; then flags+=(--inverse-fit penalty --lambda 0.5); fi ;;
-    conv) EPOCHS=${EPOCHS:-2}; flags=(--lambda 1 --warmup 1 --angle-batches 1); img=docs/img/conv ;;
+    conv) EPOCHS=${EPOCHS:-2}; flags=(--warmup 1 --angle-batches 1); img=docs/img/conv
+        if [ -n "${PENALTY:-}" ]; then flags+=(--inverse-fit penalty --lambda 1); fi ;;
     *) echo "usage: $0 fc|conv" >&2; exit 2 ;;
 esac
 cargo build --release --features cli --bin snf

@@ -233,10 +233,13 @@ fn bad_arguments_and_files_give_one_error_line() {
     fails(&["train", "--geco-rate", "1e-3", "--out", &d]); // needs --geco-target
     let e = fails(&["train", "--inverse-fit", "penalty", "--geco-target", "4", "--geco-rate=-1", "--out", &d]);
     assert!(e.contains("--geco-rate"), "{e}");
-    // the FC model's default projection fit has no λ to set; the conv model has no projection fit
+    // the FC model's default projection fit has no λ to set (the conv model's has: the pull
+    // on w); the conv baselines and Glow have no projection fit
     let e = fails(&["train", "--lambda", "0.5", "--out", &d]);
     assert!(e.contains("--inverse-fit penalty"), "{e}");
-    let e = fails(&["train", "--model", "conv", "--inverse-fit", "projection", "--out", &d]);
+    let e = fails(&["train", "--model", "conv", "--mixing", "emerging", "--inverse-fit", "projection", "--out", &d]);
+    assert!(e.contains("--inverse-fit"), "{e}");
+    let e = fails(&["train", "--model", "glow", "--inverse-fit", "projection", "--out", &d]);
     assert!(e.contains("--inverse-fit"), "{e}");
     fails(&["sample", &d, "-n", "0"]);
     // missing data folder

@@ -127,7 +127,7 @@ fn conv_steps(par: Par) -> usize {
 /// mixing, at small image shapes.
 fn flow_steps(par: Par) -> Vec<(&'static str, usize)> {
     use snf::flow::glow::{glow, GlowConfig, GlowMixing};
-    use snf::flow::models::{conv_nine_layer, conv_nine_layer_with, fc_two_layer, ConvMixing, Gradient};
+    use snf::flow::models::{conv_nine_layer, conv_nine_layer_with, conv_nine_layer_with_fit, fc_two_layer, ConvMixing, Gradient};
     use snf::flow::Flow;
     use snf::prelude::{Shape, Split, Squeeze};
     let shape = Shape::image(1, 8, 8);
@@ -143,6 +143,11 @@ fn flow_steps(par: Par) -> Vec<(&'static str, usize)> {
     let flows = [
         ("fc", fc_two_layer::<f32, _>(shape, Gradient::SelfNormalizing, &mut rng).unwrap()),
         ("conv", conv_nine_layer::<f32, _>(shape, Gradient::SelfNormalizing, &mut rng).unwrap()),
+        (
+            "conv-penalty",
+            conv_nine_layer_with_fit::<f32, _>(shape, ConvMixing::Conv3x3(Gradient::SelfNormalizing), snf::layers::linear::InverseFit::Penalty, &mut rng)
+                .unwrap(),
+        ),
         ("multiscale", multiscale),
         ("conv-emerging", conv_nine_layer_with::<f32, _>(shape, ConvMixing::Emerging, &mut rng).unwrap()),
         ("conv-exp", conv_nine_layer_with::<f32, _>(shape, ConvMixing::ConvExp, &mut rng).unwrap()),

@@ -59,7 +59,14 @@ pub enum LayerSpec {
         bias: bool,
     },
     /// [`SelfNormConv2d`] (tensors `w`, `r`, `b`?).
-    SnfConv(ConvSpec),
+    SnfConv {
+        /// The convolution.
+        #[serde(flatten)]
+        config: ConvSpec,
+        /// How its inverse kernel is kept (absent in older checkpoints: the paper's penalty).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inverse_fit: Option<InverseFit>,
+    },
     /// [`ExactConv2d`] (tensors `w`, `b`?).
     ExactConv(ConvSpec),
     /// [`SmoothLeakyRelu`].
@@ -146,7 +153,7 @@ impl LayerSpec {
         match self {
             LayerSpec::SnfLinear { bias: b, .. } => bias(*b, vec!["w", "r"]),
             LayerSpec::ExactLinear { bias: b, .. } | LayerSpec::RelativeLinear { bias: b, .. } => bias(*b, vec!["w"]),
-            LayerSpec::SnfConv(c) => bias(c.bias, vec!["w", "r"]),
+            LayerSpec::SnfConv { config: c, .. } => bias(c.bias, vec!["w", "r"]),
             LayerSpec::ExactConv(c) => bias(c.bias, vec!["w"]),
             LayerSpec::Spline { .. } => vec!["widths", "heights", "slopes"],
             LayerSpec::Split { .. } => vec!["k", "c"],
@@ -199,10 +206,10 @@ impl LayerSpec {
                 check_dim(OP, l.dim(), *dim)?;
                 Box::new(l)
             }
-            LayerSpec::SnfConv(c) => {
+            LayerSpec::SnfConv { config: c, inverse_fit } => {
                 let (w, r) = (next()?, next()?);
                 let b = if c.bias { Some(next()?) } else { None };
-                Box::new(SelfNormConv2d::<T>::from_parts(*c, w, r, b)?)
+                Box::new(SelfNormConv2d::<T>::from_parts(*c, w, r, b)?.with_inverse_fit(inverse_fit.unwrap_or_default())?)
             }
             LayerSpec::ExactConv(c) => {
                 let w = next()?;
@@ -264,7 +271,7 @@ impl LayerSpec {
         };
         match self {
             LayerSpec::SnfLinear { dim, .. } | LayerSpec::ExactLinear { dim, .. } | LayerSpec::RelativeLinear { dim, .. } => big(Some(*dim), "a linear layer"),
-            LayerSpec::SnfConv(c) | LayerSpec::ExactConv(c) => big(conv_dim(c), "a convolution"),
+            LayerSpec::SnfConv { config: c, .. } | LayerSpec::ExactConv(c) => big(conv_dim(c), "a convolution"),
             LayerSpec::Squeeze { shape }
             | LayerSpec::Split { shape }
             | LayerSpec::InvConv1x1 { shape }

@@ -17,7 +17,7 @@
 
 pub(crate) mod chunk;
 mod geometry;
-mod im2col;
+pub(crate) mod im2col;
 mod kernel;
 pub(crate) mod ops;
 mod toeplitz;

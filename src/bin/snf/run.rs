@@ -18,7 +18,7 @@ use snf::data::idx_set::{load_idx, Checksums, IdxOptions};
 use snf::data::mnist::{LoadOptions, Mnist};
 use snf::data::{Images, Splits};
 use snf::flow::glow::{glow, GlowConfig, GlowMixing};
-use snf::flow::models::{conv_nine_layer_with, fc_two_layer_with, ConvMixing, Gradient};
+use snf::flow::models::{conv_nine_layer_with_fit, fc_two_layer_with, ConvMixing, Gradient};
 use snf::flow::Flow;
 use snf::layers::linear::InverseFit;
 use snf::train::{EpochRecord, TrainConfig};
@@ -66,7 +66,7 @@ pub enum Grad {
     Relative,
 }
 
-/// How the FC model's self-normalizing layers keep R close to W^{-1}.
+/// How the FC and conv models' self-normalizing layers keep R close to W^{-1}.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Fit {
@@ -147,7 +147,7 @@ pub struct RunSettings {
     /// Glow's levels, steps and width (`--model glow` only).
     #[serde(default)]
     pub glow: Option<GlowArch>,
-    /// The FC model's inverse fit (absent in older runs: the penalty).
+    /// The FC and conv models' inverse fit (absent in older runs: the penalty).
     #[serde(default)]
     pub inverse_fit: Fit,
     /// Precision.
@@ -380,14 +380,12 @@ pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
         Grad::Exact => Gradient::Exact,
         Grad::Relative => Gradient::Relative,
     };
+    let fit = match s.inverse_fit {
+        Fit::Projection => InverseFit::projection(),
+        Fit::Penalty => InverseFit::Penalty,
+    };
     Ok(match s.model {
-        Model::Fc => {
-            let fit = match s.inverse_fit {
-                Fit::Projection => InverseFit::projection(),
-                Fit::Penalty => InverseFit::Penalty,
-            };
-            fc_two_layer_with::<T, _>(shape, gradient, fit, &mut rng)?
-        }
+        Model::Fc => fc_two_layer_with::<T, _>(shape, gradient, fit, &mut rng)?,
         Model::Conv => {
             let mixing = match s.mixing {
                 Mixing::Conv3x3 => ConvMixing::Conv3x3(gradient),
@@ -395,7 +393,7 @@ pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
                 Mixing::Convexp => ConvMixing::ConvExp,
                 m => return Err(CliError::Usage(format!("--mixing {m:?} is one of Glow's (--model glow)").to_lowercase())),
             };
-            conv_nine_layer_with::<T, _>(shape, mixing, &mut rng)?
+            conv_nine_layer_with_fit::<T, _>(shape, mixing, fit, &mut rng)?
         }
         Model::Glow => {
             let arch = s.glow.ok_or_else(|| CliError::Usage("a glow run without levels, steps and width".into()))?;

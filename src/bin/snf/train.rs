@@ -6,6 +6,7 @@ use std::time::Instant;
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
 use snf::checkpoint::Checkpoint;
+use snf::flow::models::CONV_PROJECTION_LAMBDA;
 use snf::optim::AdamConfig;
 use snf::train::{Adaptive, Geco, Lambda, TrainConfig, Trainer};
 use snf::Real;
@@ -45,13 +46,14 @@ pub struct Args {
     /// Peak learning rate [default: 1e-4 for fc, 1e-3 for conv and glow, the paper's].
     #[arg(long)]
     lr: Option<f64>,
-    /// FC model: how the self-normalizing layers keep R ≈ W^{-1}. `projection` (the
-    /// default) fits R to each batch and needs no λ; `penalty` is the paper's Eq. 3 with
-    /// the λ options below.
+    /// FC and conv models: how the self-normalizing layers keep R ≈ W^{-1}. `projection`
+    /// (the default) fits R to each batch and needs no λ; `penalty` is the paper's Eq. 3
+    /// with the λ options below.
     #[arg(long, value_enum)]
     inverse_fit: Option<Fit>,
     /// A fixed reconstruction penalty λ (the paper's; default: the adaptive λ, see
-    /// --recon-target; for glow the paper's 100, or 1000 on cifar10). With --geco-target: GECO's starting λ [default: 1].
+    /// --recon-target; for the conv model's projection fit 0.02, which weighs only the pull on
+    /// w; for glow the paper's 100, or 1000 on cifar10). With --geco-target: GECO's starting λ [default: 1].
     #[arg(long)]
     lambda: Option<f64>,
     /// The adaptive λ's target for the relative reconstruction error (each
@@ -331,8 +333,10 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
     };
     let inverse_fit = match (a.model, a.inverse_fit) {
         (Model::Fc, f) => f.unwrap_or(Fit::Projection),
+        (Model::Conv, f) if a.mixing == Mixing::Conv3x3 => f.unwrap_or(Fit::Projection),
         (_, None) => Fit::Penalty,
-        (_, Some(_)) => return Err(CliError::Usage("--inverse-fit is the fc model's (the conv and glow models use the penalty)".into())),
+        (Model::Conv, Some(_)) => return Err(CliError::Usage("--inverse-fit is for self-normalizing layers: --mixing emerging|convexp has none".into())),
+        (_, Some(_)) => return Err(CliError::Usage("--inverse-fit is the fc and conv models' (glow uses the penalty)".into())),
     };
     let lambda_given = a.lambda.is_some() || a.recon_target.is_some() || a.geco_target.is_some();
     if a.model == Model::Fc && grad == Grad::Snf && inverse_fit == Fit::Projection && lambda_given {
@@ -355,6 +359,8 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         (None, None) if a.model == Model::Glow && a.recon_target.is_none() => {
             Lambda::Fixed(if a.dataset == DatasetKind::Cifar10 { GLOW_LAMBDA_CIFAR10 } else { GLOW_LAMBDA })
         }
+        // the conv model's projection fit: λ weighs only the pull on w (proofs/projection.md §4)
+        (None, None) if a.model == Model::Conv && inverse_fit == Fit::Projection && a.recon_target.is_none() => Lambda::Fixed(CONV_PROJECTION_LAMBDA),
         (None, None) => Lambda::Adaptive(a.recon_target.map_or_else(Adaptive::default, |t| Adaptive::new(t, 1.0))),
     };
     let config = TrainConfig {

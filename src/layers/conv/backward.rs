@@ -14,6 +14,7 @@ use crate::conv::ops::{contiguous, contiguous_mut};
 use crate::conv::{flip_into, project_onto_kernel, resize_centered_into};
 use crate::error::{Error, Result};
 use crate::layers::check_backward_operands;
+use crate::layers::linear::InverseFit;
 use crate::layers::BackwardStats;
 use crate::real::Real;
 
@@ -71,6 +72,9 @@ impl<T: Real> SelfNormConv2d<T> {
         let b = self.check_after_forward(OP, x, ws)?;
         let d = self.dim();
         check_backward_operands(OP, d, b, &[(dz.nrows(), dz.ncols()), (dx.nrows(), dx.ncols())], lambda)?;
+        if let InverseFit::Projection(p) = self.fit {
+            return self.backward_projected(x, dz, dx, grads, ws, p, b, lambda);
+        }
         let half = T::from_f64(0.5);
         let inv_b = T::from_f64(1.0 / b as f64);
         let two_lambda = T::from_f64(2.0) * lambda;
@@ -151,6 +155,9 @@ impl<T: Real> SelfNormConv2d<T> {
         check_backward_operands(OP, d, b, &shapes, lambda)?;
         if ws.exact.as_ref().and_then(|e| e.g_batch) != Some(b) {
             return Err(Error::InvalidArgument { op: OP, reason: "call g_inverse() on this batch with this workspace first".into() });
+        }
+        if let InverseFit::Projection(_) = self.fit {
+            return self.backward_exact_projected(x, dz_f, dz_g, dx_f, dx_g, grads, ws, b, lambda);
         }
         let half = T::from_f64(0.5);
         let inv_b = T::from_f64(1.0 / b as f64);

@@ -57,6 +57,7 @@ impl<T: Real> SelfNormConv2d<T> {
         let b = ws.check_batch(OP, x)?;
         ConvWorkspace::check_out(OP, &z, self.dim(), b)?;
         ws.batch = None;
+        ws.void_projection(); // `u` now belongs to this batch
         let (x, z) = (contiguous(OP, x)?, contiguous_mut(OP, z)?);
         let u = contiguous_mut(OP, ws.u.as_mut().subcols_mut(0, b))?;
         let (bias, hw, w) = (self.bias(), self.pixels(), self.w.as_ref());
@@ -108,6 +109,7 @@ impl<T: Real> SelfNormConv2d<T> {
         self.check_ws(OP, ws)?;
         let b = ws.check_batch(OP, x)?;
         ws.batch = None;
+        ws.void_projection(); // `u` is overwritten below
         let mut u = ws.u.as_mut().subcols_mut(0, b);
         ws.conv_w.forward(self.w.as_ref(), x, u.rb_mut())?;
         let e = ws.e.as_mut().subcols_mut(0, b);

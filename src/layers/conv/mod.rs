@@ -28,6 +28,7 @@ mod exact;
 mod exact_conv;
 pub(crate) mod forward;
 mod fused;
+mod projection;
 mod transform;
 mod workspace;
 
@@ -39,6 +40,7 @@ use faer::{Mat, MatMut, MatRef};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
+use super::linear::InverseFit;
 use super::next_stamp;
 use crate::conv::{self, Conv2dGeometry, Conv2dSpec};
 use crate::error::{check_shape, Error, Result};
@@ -123,6 +125,8 @@ pub struct SelfNormConv2d<T: Real> {
     pub(crate) m_r: Mat<T>,
     /// Changes whenever the parameters may have changed (keys the workspace's LU caches).
     pub(crate) stamp: u64,
+    /// How the inverse kernel is kept (penalty or projection fit).
+    pub(crate) fit: InverseFit,
 }
 
 impl<T: Real> Clone for SelfNormConv2d<T> {
@@ -137,13 +141,14 @@ impl<T: Real> Clone for SelfNormConv2d<T> {
             m_w: self.m_w.clone(),
             m_r: self.m_r.clone(),
             stamp: self.stamp,
+            fit: self.fit,
         }
     }
 }
 
 impl<T: Real> PartialEq for SelfNormConv2d<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.config == other.config && self.w == other.w && self.r == other.r && self.b == other.b
+        self.config == other.config && self.w == other.w && self.r == other.r && self.b == other.b && self.fit == other.fit
     }
 }
 
@@ -273,7 +278,39 @@ impl<T: Real> SelfNormConv2d<T> {
     fn assemble(config: SelfNormConv2dConfig, geom_w: Conv2dGeometry, geom_r: Conv2dGeometry, w: Mat<T>, r: Mat<T>, b: Option<Mat<T>>) -> Result<Self> {
         let m_w = conv::multiplicity(&geom_w)?;
         let m_r = conv::multiplicity(&geom_r)?;
-        Ok(Self { config, geom_w, geom_r, w, r, b, m_w, m_r, stamp: next_stamp() })
+        Ok(Self { config, geom_w, geom_r, w, r, b, m_w, m_r, stamp: next_stamp(), fit: InverseFit::Penalty })
+    }
+
+    /// The same layer with its inverse kernel kept by `fit`: [`InverseFit::Penalty`] (the
+    /// paper's Eq. 3, steered by λ; what [`new`](Self::new) and [`from_parts`](Self::from_parts)
+    /// build) or [`InverseFit::Projection`], under which $w$ and $b$ follow the plain flow's
+    /// likelihood with $\mathrm{flip}(r)\odot m_w$ in place of $P_w(\mathcal T(w)^{-T})$, λ
+    /// weighs only the reconstruction error's pull on $w$ (keeping $\mathcal T(w)$ invertible
+    /// by a kernel of $r$'s size; the conv model trains with
+    /// [`CONV_PROJECTION_LAMBDA`](crate::flow::models::CONV_PROJECTION_LAMBDA)), and $r$ is
+    /// refitted to each batch by proximal least squares after the optimiser step
+    /// (`proofs/projection.md`, §4).
+    ///
+    /// ```
+    /// use snf::layers::conv::{SelfNormConv2d, SelfNormConv2dConfig};
+    /// use snf::layers::linear::InverseFit;
+    /// let cfg = SelfNormConv2dConfig::new(2, [6, 6], 3);
+    /// let layer = SelfNormConv2d::<f32>::new(cfg, &mut snf::init::rng(0))?.with_inverse_fit(InverseFit::projection())?;
+    /// assert_eq!(layer.inverse_fit(), InverseFit::projection());
+    /// # Ok::<(), snf::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for settings [`InverseFit::validate`] rejects.
+    pub fn with_inverse_fit(mut self, fit: InverseFit) -> Result<Self> {
+        fit.validate()?;
+        self.fit = fit;
+        Ok(self)
+    }
+
+    /// How the inverse kernel is kept.
+    pub fn inverse_fit(&self) -> InverseFit {
+        self.fit
     }
 
     /// The configuration.

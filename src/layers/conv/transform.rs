@@ -4,6 +4,7 @@ use faer::{MatMut, MatRef, Par};
 
 use super::{Conv2dGrads, ConvWorkspace, ExactConv2d, ExactConv2dGrads, ExactConv2dWorkspace, SelfNormConv2d, SelfNormConv2dConfig};
 use crate::error::Result;
+use crate::layers::linear::InverseFit;
 use crate::real::Real;
 use crate::shape::{shape_error, Shape};
 use crate::transform::{Blocks, BlocksMut, GradBlocks, Grads, Param, SelfNormalizing, Tape, Transform, Workspace};
@@ -59,7 +60,14 @@ impl<T: Real> Transform<T> for SelfNormConv2d<T> {
         conv_output("SelfNormConv2d::output_shape", self.config(), input)
     }
     fn workspace(&self, max_batch: usize, par: Par) -> Result<Workspace<T>> {
-        Workspace::new(ConvWorkspace::new(self, max_batch, par)?, max_batch, par)
+        let mut buffers = ConvWorkspace::new(self, max_batch, par)?;
+        if let InverseFit::Projection(_) = self.fit {
+            buffers = buffers.with_projection()?;
+        }
+        Workspace::new(buffers, max_batch, par)
+    }
+    fn after_step(&mut self, ws: &mut Workspace<T>) -> Result<()> {
+        self.apply_projection(ws.buffers_mut()?).map(|_| ())
     }
     fn forward(&self, x: MatRef<'_, T>, y: MatMut<'_, T>, _logdet: &mut [f64], ws: &mut Workspace<T>) -> Result<Tape> {
         SelfNormConv2d::forward(self, x, y, ws.buffers_mut()?)?;
@@ -96,7 +104,12 @@ impl<T: Real> Transform<T> for SelfNormConv2d<T> {
         Grads::new(SelfNormConv2d::zero_grads(self))
     }
     fn spec(&self) -> serde_json::Value {
-        spec_of("snf-conv", self.config())
+        let mut spec = spec_of("snf-conv", self.config());
+        // the paper's layer keeps the spec older checkpoints have
+        if let (InverseFit::Projection(_), Some(map)) = (self.fit, spec.as_object_mut()) {
+            map.insert("inverse_fit".into(), serde_json::json!(self.fit));
+        }
+        spec
     }
     fn as_self_normalizing(&self) -> Option<&dyn SelfNormalizing<T>> {
         Some(self)
@@ -104,6 +117,10 @@ impl<T: Real> Transform<T> for SelfNormConv2d<T> {
 }
 
 impl<T: Real> SelfNormalizing<T> for SelfNormConv2d<T> {
+    fn uses_penalty(&self) -> bool {
+        // both fits: under the projection fit λ still weighs the pull on w
+        true
+    }
     fn prepare_exact(&self, ws: &mut Workspace<T>) -> Result<()> {
         let cw = ws.buffers_mut::<ConvWorkspace<T>>()?;
         self.check_ws("SelfNormConv2d::prepare_exact", cw)?;

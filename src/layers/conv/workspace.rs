@@ -3,6 +3,7 @@
 use faer::{Mat, MatMut, MatRef, Par};
 
 use super::fused::FusedChunk;
+use super::projection::ConvProjectionBuffers;
 use super::SelfNormConv2d;
 use crate::conv::{Conv2d, Conv2dGeometry};
 use crate::error::Result;
@@ -32,6 +33,8 @@ pub struct ConvWorkspace<T: Real> {
     /// Per-chunk stacked buffers of the fused SNF backward pass, and its block size.
     pub(crate) fused: Vec<FusedChunk<T>>,
     pub(crate) block: usize,
+    /// The projection fit's buffers ([`InverseFit::Projection`](crate::layers::linear::InverseFit::Projection)).
+    pub(crate) proj: Option<ConvProjectionBuffers<T>>,
 }
 
 /// The exact path's dense buffers.
@@ -81,6 +84,7 @@ impl<T: Real> ConvWorkspace<T> {
             exact: None,
             fused,
             block,
+            proj: None,
         })
     }
 
@@ -110,6 +114,33 @@ impl<T: Real> ConvWorkspace<T> {
             });
         }
         self.exact.as_mut().ok_or_else(|| crate::Error::InvalidArgument { op: "ConvWorkspace::ensure_exact", reason: "no exact buffers".into() })
+    }
+
+    /// Also allocate the projection fit's buffers (a chunk of patches, the $n\times n$ Gram
+    /// matrix of the inverse kernel's $n$ taps per group, and a Cholesky scratch), so that a
+    /// layer with [`InverseFit::Projection`](crate::layers::linear::InverseFit::Projection)
+    /// allocates nothing in its passes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) when they cannot be allocated.
+    pub fn with_projection(mut self) -> crate::Result<Self> {
+        let geom_r = *self.conv_r.geometry();
+        self.ensure_projection(&geom_r)?;
+        Ok(self)
+    }
+
+    pub(crate) fn ensure_projection(&mut self, geom_r: &Conv2dGeometry) -> crate::Result<()> {
+        if self.proj.is_none() {
+            self.proj = Some(ConvProjectionBuffers::new(geom_r, self.max_batch())?);
+        }
+        Ok(())
+    }
+
+    /// Drop a pending projection step: `u` is about to be overwritten.
+    pub(crate) fn void_projection(&mut self) {
+        if let Some(p) = self.proj.as_mut() {
+            p.pending = false;
+        }
     }
 
     /// The example dimension $D$.
