@@ -117,16 +117,25 @@ fn oracle(l: &SelfNormConv2d<f64>, x: &Mat<f64>, relax: f64, ridge: f64) -> Mat<
 fn the_refit_is_the_proximal_least_squares_solution() {
     for (c, cfg) in configs().into_iter().enumerate() {
         for (relax, ridge) in [(1.0, 1e-3), (0.6, 1e-1), (1.5, 1e-6)] {
-            let mut l = layer(cfg, fit(relax, ridge), 0.2, 10 + c as u64);
+            let l = layer(cfg, fit(relax, ridge), 0.2, 10 + c as u64);
             let b = 3;
             let x = gaussian(l.dim(), b, 1.0, &mut rng(20 + c as u64));
             let want = oracle(&l, &x, relax, ridge);
-            let mut ws = ConvWorkspace::new(&l, b, Par::Seq).unwrap().with_projection().unwrap();
-            let (_, _, applied) = step(&mut l, x.as_ref(), &mut ws, 1.0);
-            assert!(applied);
-            // both solve the same small, well-posed system (f64): agreement to round-off
-            let err = max_abs_diff(l.r(), want.as_ref());
-            assert!(err < 1e-10 * max_abs(want.as_ref()).max(1.0), "config {c} relax {relax} ridge {ridge}: {err:e}");
+            // the whole batch in one product, and one or two examples per product (the
+            // chunked accumulation large batches take)
+            for per_chunk in [None, Some(1), Some(2)] {
+                let mut l = l.clone();
+                let ws = ConvWorkspace::new(&l, b, Par::Seq).unwrap();
+                let mut ws = match per_chunk {
+                    None => ws.with_projection().unwrap(),
+                    Some(k) => ws.with_projection_chunk(k).unwrap(),
+                };
+                let (_, _, applied) = step(&mut l, x.as_ref(), &mut ws, 1.0);
+                assert!(applied);
+                // both solve the same small, well-posed system (f64): agreement to round-off
+                let err = max_abs_diff(l.r(), want.as_ref());
+                assert!(err < 1e-10 * max_abs(want.as_ref()).max(1.0), "config {c} relax {relax} ridge {ridge} chunk {per_chunk:?}: {err:e}");
+            }
         }
     }
 }

@@ -22,7 +22,7 @@ use faer::{unzip, zip, Accum, Mat, MatMut, MatRef, Par};
 
 use super::forward::channel_sums;
 use super::{Conv2dGrads, ConvWorkspace, SelfNormConv2d};
-use crate::conv::im2col::im2col;
+use crate::conv::im2col::{im2col_stacked, is_flat_shift};
 use crate::conv::{flip_into, project_onto_kernel, resize_centered_into, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::layers::linear::{InverseFit, Projection};
@@ -30,13 +30,16 @@ use crate::layers::BackwardStats;
 use crate::real::Real;
 use crate::util::gemm as matmul;
 
-/// Rows of patches gathered per product when accumulating the Gram matrix.
-const ROWS_PER_CHUNK: usize = 4096;
+/// The most entries of patches (rows times taps) gathered per product when accumulating the
+/// Gram matrix: 4 MiB in f32, a whole MNIST batch of 100 for every layer of the conv model.
+const PATCH_ENTRIES: usize = 1 << 20;
 
 /// The conv projection fit's buffers: a chunk of patches and of targets, the Gram matrix,
 /// the right-hand side, the fitted kernel and a Cholesky scratch.
 pub(crate) struct ConvProjectionBuffers<T: Real> {
     cols: Mat<T>,
+    /// A chunk of `u` stacked channel by channel (`nb * HW x C`), and of `x` likewise.
+    stack: Mat<T>,
     tgt: Mat<T>,
     gram: Mat<T>,
     rhs: Mat<T>,
@@ -53,10 +56,13 @@ impl<T: Real> core::fmt::Debug for ConvProjectionBuffers<T> {
 }
 
 impl<T: Real> ConvProjectionBuffers<T> {
-    pub(crate) fn new(geom_r: &Conv2dGeometry, max_batch: usize) -> Result<Self> {
+    /// Buffers for batches of up to `max_batch`, gathering `per_chunk` examples per product
+    /// (`None`: as many as [`PATCH_ENTRIES`] allows).
+    pub(crate) fn new(geom_r: &Conv2dGeometry, max_batch: usize, per_chunk: Option<usize>) -> Result<Self> {
         let taps = geom_r.taps();
         let p = geom_r.out_positions();
-        let rows = (ROWS_PER_CHUNK / p.max(1)).clamp(1, max_batch.max(1)) * p;
+        let per = per_chunk.unwrap_or(PATCH_ENTRIES / taps.max(1) / p.max(1));
+        let rows = per.clamp(1, max_batch.max(1)) * p;
         let req = llt::factor::cholesky_in_place_scratch::<T>(taps, Par::Seq, Default::default());
         let scratch = MemBuffer::try_new(StackReq::any_of(&[req])).map_err(|_| Error::InvalidArgument {
             op: "InverseFit::Projection",
@@ -65,7 +71,8 @@ impl<T: Real> ConvProjectionBuffers<T> {
         let (kr, kc) = geom_r.kernel_shape();
         Ok(Self {
             cols: crate::util::try_zeros(rows, taps)?,
-            tgt: crate::util::try_zeros(rows, geom_r.out_per_group())?,
+            stack: crate::util::try_zeros(rows, geom_r.in_channels())?,
+            tgt: crate::util::try_zeros(rows, geom_r.out_channels())?,
             gram: crate::util::try_zeros(taps, taps)?,
             rhs: crate::util::try_zeros(taps, geom_r.out_per_group())?,
             next: crate::util::try_zeros(kr, kc)?,
@@ -86,28 +93,33 @@ impl<T: Real> ConvProjectionBuffers<T> {
         let taps = geom.taps();
         let opg = geom.out_per_group();
         let per = (self.cols.nrows() / pos.max(1)).max(1);
+        // every self-transposing geometry (stride 1, "same" padding) is a flat shift
+        if !is_flat_shift(geom) {
+            return Err(Error::InvalidConv { op: OP, reason: "the refit needs a stride-1 'same' geometry".into() });
+        }
         for g in 0..geom.groups() {
             let mut start = 0;
             while start < b {
                 let nb = per.min(b - start);
+                // stack the chunk channel by channel: u for the patches, x for the targets
                 for j in 0..nb {
-                    let col = u.col(start + j);
-                    let Some(src) = col.try_as_col_major() else {
-                        return Err(Error::InvalidArgument { op: OP, reason: "u must have unit row stride".into() });
-                    };
-                    im2col(geom, src.as_slice(), g, &mut self.cols, j * pos);
-                    let xc = x.col(start + j);
-                    for oo in 0..opg {
-                        let o = g * opg + oo;
-                        let dst = &mut self.tgt.col_as_slice_mut(oo)[j * pos..(j + 1) * pos];
-                        for (i, d) in dst.iter_mut().enumerate() {
-                            *d = xc[o * pos + i];
+                    let (uc, xc) = (u.col(start + j), x.col(start + j));
+                    for c in 0..geom.in_channels() {
+                        let (us, xs) = (uc.subrows(c * pos, pos), xc.subrows(c * pos, pos));
+                        let dst = &mut self.stack.col_as_slice_mut(c)[j * pos..(j + 1) * pos];
+                        for (d, v) in dst.iter_mut().zip(us.iter()) {
+                            *d = *v;
+                        }
+                        let dst = &mut self.tgt.col_as_slice_mut(c)[j * pos..(j + 1) * pos];
+                        for (d, v) in dst.iter_mut().zip(xs.iter()) {
+                            *d = *v;
                         }
                     }
                 }
+                im2col_stacked(geom, &self.stack, nb, g, &mut self.cols, 0, 0);
                 let acc = if start == 0 { Accum::Replace } else { Accum::Add };
                 let c = self.cols.as_ref().subrows(0, nb * pos);
-                let t = self.tgt.as_ref().subrows(0, nb * pos);
+                let t = self.tgt.as_ref().subrows(0, nb * pos).subcols(g * opg, opg);
                 matmul(self.gram.as_mut(), acc, c.transpose(), c, T::from_f64(1.0), par);
                 matmul(self.rhs.as_mut(), acc, c.transpose(), t, T::from_f64(1.0), par);
                 start += nb;

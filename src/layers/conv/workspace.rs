@@ -129,9 +129,22 @@ impl<T: Real> ConvWorkspace<T> {
         Ok(self)
     }
 
+    /// [`with_projection`](Self::with_projection) gathering the patches of `per_chunk`
+    /// examples per product (the default takes as many as fit in 4 MiB of f32): for tests of
+    /// the chunked accumulation.
+    ///
+    /// # Errors
+    /// As [`with_projection`](Self::with_projection).
+    #[doc(hidden)]
+    pub fn with_projection_chunk(mut self, per_chunk: usize) -> crate::Result<Self> {
+        let geom_r = *self.conv_r.geometry();
+        self.proj = Some(ConvProjectionBuffers::new(&geom_r, self.max_batch(), Some(per_chunk))?);
+        Ok(self)
+    }
+
     pub(crate) fn ensure_projection(&mut self, geom_r: &Conv2dGeometry) -> crate::Result<()> {
         if self.proj.is_none() {
-            self.proj = Some(ConvProjectionBuffers::new(geom_r, self.max_batch())?);
+            self.proj = Some(ConvProjectionBuffers::new(geom_r, self.max_batch(), None)?);
         }
         Ok(())
     }
