@@ -23,7 +23,7 @@ use faer::{unzip, zip, Accum, Mat, MatMut, MatRef, Par};
 use super::forward::channel_sums;
 use super::{Conv2dGrads, ConvWorkspace, SelfNormConv2d};
 use crate::conv::im2col::{im2col_stacked, is_flat_shift};
-use crate::conv::{flip_into, project_onto_kernel, resize_centered_into, Conv2dGeometry};
+use crate::conv::{flip_into, project_onto_kernel, resize_centered_into, Conv2d, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::layers::linear::{InverseFit, Projection};
 use crate::layers::BackwardStats;
@@ -157,6 +157,25 @@ impl<T: Real> ConvProjectionBuffers<T> {
 }
 
 impl<T: Real> SelfNormConv2d<T> {
+    /// $\partial_w\ell \mathrel{+}= \tfrac{2\lambda}B P_w(\mathcal T(r)^Te\,x^T)$: λ's pull on $w$
+    /// with $r$ held (nothing for λ = 0), `t` as scratch.
+    fn add_pull(
+        &self,
+        x: MatRef<'_, T>,
+        e: MatRef<'_, T>,
+        mut t: MatMut<'_, T>,
+        dw: MatMut<'_, T>,
+        convs: (&mut Conv2d<T>, &mut Conv2d<T>),
+        lambda: T,
+    ) -> Result<()> {
+        if lambda == T::from_f64(0.0) {
+            return Ok(());
+        }
+        let (conv_w, conv_r) = convs;
+        conv_r.input_grad(self.r.as_ref(), e, t.rb_mut(), T::from_f64(2.0) * lambda, Accum::Replace)?;
+        conv_w.weight_grad(x, t.rb(), dw, T::from_f64(1.0 / x.ncols() as f64), Accum::Add)
+    }
+
     /// [`backward`](Self::backward) under [`InverseFit::Projection`]: $\delta_x = \mathcal T(w)^T\delta_z$,
     /// $\partial_w\ell = -\tfrac1B P_w(\delta_z x^T) - \mathrm{rs}_{r\to w}(\mathrm{flip}\,r)\odot m_w +
     /// \tfrac{2\lambda}B P_w(\mathcal T(r)^Te\,x^T)$ ($e = r\star(w\star x) - x$, $r$ held: the pull
@@ -186,11 +205,7 @@ impl<T: Real> SelfNormConv2d<T> {
         let recon = self.residual(x, u, e.as_mut().subcols_mut(0, b), conv_r)?;
         // dw = -(1/B) P_w(dz x^T) - rs(flip r) . m_w [+ (2 lambda / B) P_w(T(r)^T e x^T)]
         conv_w.weight_grad(x, dz, grads.w.as_mut(), -inv_b, Accum::Replace)?;
-        if lambda != T::from_f64(0.0) {
-            let mut t = t.as_mut().subcols_mut(0, b);
-            conv_r.input_grad(self.r.as_ref(), e.as_ref().subcols(0, b), t.rb_mut(), T::from_f64(2.0) * lambda, Accum::Replace)?;
-            conv_w.weight_grad(x, t.rb(), grads.w.as_mut(), inv_b, Accum::Add)?;
-        }
+        self.add_pull(x, e.as_ref().subcols(0, b), t.as_mut().subcols_mut(0, b), grads.w.as_mut(), (conv_w, conv_r), lambda)?;
         flip_into(&self.geom_r, self.r.as_ref(), flip_r.as_mut())?;
         resize_centered_into(flip_r.as_ref(), self.geom_w.in_per_group(), self.geom_r.kernel_size(), self.geom_w.kernel_size(), flip_r_w.as_mut())?;
         zip!(grads.w.as_mut(), flip_r_w.as_ref(), self.m_w.as_ref()).for_each(|unzip!(g, f, m)| *g -= *f * *m);
@@ -266,11 +281,7 @@ impl<T: Real> SelfNormConv2d<T> {
         let recon = self.residual(x, u.as_ref().subcols(0, b), e.as_mut().subcols_mut(0, b), conv_r)?;
         // dw = -(1/B) P_w(dz x^T) - P_w(T(w)^{-T}) [+ (2 lambda / B) P_w(T(r)^T e x^T)]
         conv_w.weight_grad(x, dz_f, grads.w.as_mut(), -inv_b, Accum::Replace)?;
-        if lambda != T::from_f64(0.0) {
-            let mut t = t.as_mut().subcols_mut(0, b);
-            conv_r.input_grad(self.r.as_ref(), e.as_ref().subcols(0, b), t.rb_mut(), T::from_f64(2.0) * lambda, Accum::Replace)?;
-            conv_w.weight_grad(x, t.rb(), grads.w.as_mut(), inv_b, Accum::Add)?;
-        }
+        self.add_pull(x, e.as_ref().subcols(0, b), t.as_mut().subcols_mut(0, b), grads.w.as_mut(), (conv_w, conv_r), lambda)?;
         self.ensure_lu_w(ex)?;
         ex.lu_w.inverse_transpose_into(ex.inv.as_mut())?;
         project_onto_kernel(&self.geom_w, ex.inv.as_ref(), grads.w.as_mut(), T::from_f64(-1.0), Accum::Add)?;
