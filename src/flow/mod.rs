@@ -432,8 +432,8 @@ impl<T: Real> Flow<T> {
 
     /// Let every transform make its own once-per-step updates ([`Transform::after_step`])
     /// from what the last [`gradients_with`](Self::gradients_with) on `ws` left there: the
-    /// projection fit of a [`SelfNormLinear`](crate::layers::linear::SelfNormLinear) moves
-    /// its learned inverse here. Call it once per training step, after the optimiser step
+    /// projection fit of a [`SelfNormLinear`](crate::layers::linear::SelfNormLinear) or a
+    /// [`SelfNormConv2d`](crate::layers::conv::SelfNormConv2d) moves its learned inverse here. Call it once per training step, after the optimiser step
     /// (the trainer does). Never allocates.
     ///
     /// # Errors

@@ -142,7 +142,8 @@ pub trait Transform<T: Real>: CloneTransform<T> + std::any::Any + Send + Sync + 
 
     /// Updates a transform makes to itself once per training step, after the optimiser has
     /// applied the gradients of the last [`backward`](Self::backward) on `ws` (a
-    /// [`SelfNormLinear`](crate::layers::linear::SelfNormLinear) with the projection fit
+    /// [`SelfNormLinear`](crate::layers::linear::SelfNormLinear) or
+    /// [`SelfNormConv2d`](crate::layers::conv::SelfNormConv2d) with the projection fit
     /// moves its learned inverse here). Nothing by default. The trainer calls
     /// [`Flow::after_step`](crate::flow::Flow::after_step); a hand-written loop must too.
     ///
@@ -210,9 +211,10 @@ pub trait SelfNormalizing<T: Real>: Transform<T> {
     fn prepare_exact(&self, ws: &mut Workspace<T>) -> Result<()>;
 
     /// Whether this layer's gradient carries the reconstruction penalty $\lambda\mathcal E$
-    /// (Eq. 3), i.e. whether λ means anything to it. `true` by default; a layer that keeps
-    /// its inverse another way returns `false`, and a flow made only of such layers has no
-    /// λ to steer.
+    /// (Eq. 3) or part of it, i.e. whether λ means anything to it. `true` by default (so
+    /// for `SelfNormConv2d` under either fit: its projection fit keeps λ's pull on $w$); a
+    /// layer whose gradient has no λ term returns `false` (`SelfNormLinear`'s projection
+    /// fit), and a flow made only of such layers has no λ to steer.
     fn uses_penalty(&self) -> bool {
         true
     }

@@ -34,7 +34,7 @@ impl<T: Real> SelfNormConv2d<T> {
 
     /// The self-normalizing log-det surrogates, written into `ws`:
     /// `flip_r_w` $= \mathrm{rs}_{r\to w}(\mathrm{flip}\,r)$ and `flip_w_r` $= \mathrm{rs}_{w\to r}(\mathrm{flip}\,w)$.
-    fn surrogates(&self, ws: &mut ConvWorkspace<T>) -> Result<()> {
+    pub(super) fn surrogates(&self, ws: &mut ConvWorkspace<T>) -> Result<()> {
         let cg = self.geom_w.in_per_group();
         flip_into(&self.geom_r, self.r.as_ref(), ws.flip_r.as_mut())?;
         resize_centered_into(ws.flip_r.as_ref(), cg, self.geom_r.kernel_size(), self.geom_w.kernel_size(), ws.flip_r_w.as_mut())?;
@@ -79,7 +79,7 @@ impl<T: Real> SelfNormConv2d<T> {
         let inv_b = T::from_f64(1.0 / b as f64);
         let two_lambda = T::from_f64(2.0) * lambda;
         self.surrogates(ws)?;
-        let ConvWorkspace { conv_w, conv_r, u, flip_r_w, flip_w_r, chan, fused, block, .. } = ws;
+        let ConvWorkspace { conv_w, conv_r, u, flip_r_w, flip_w_r, fused, block, .. } = ws;
         let (x, dz) = (contiguous(OP, x)?, contiguous(OP, dz)?);
         let dx = contiguous_mut(OP, dx)?;
         let u = contiguous(OP, u.as_ref().subcols(0, b))?;
@@ -109,10 +109,9 @@ impl<T: Real> SelfNormConv2d<T> {
         let recon = cw.iter().map(|c| c.scalar).sum::<f64>() / b as f64;
         // db_c = -(1/B) sum of delta_z over the batch and the pixels of channel c
         if let Some(gb) = grads.b.as_mut() {
-            for (c, d) in chan.iter_mut().enumerate() {
+            for (c, d) in gb.col_as_slice_mut(0).iter_mut().enumerate() {
                 *d = -inv_b * T::from_f64(cw.iter().map(|ch| ch.sums[c]).sum::<f64>());
             }
-            gb.col_as_slice_mut(0).copy_from_slice(chan);
         }
         Ok(BackwardStats { reconstruction_error: recon })
     }
@@ -163,7 +162,7 @@ impl<T: Real> SelfNormConv2d<T> {
         let inv_b = T::from_f64(1.0 / b as f64);
         let two_lambda = T::from_f64(2.0) * lambda;
         let hw = self.pixels();
-        let ConvWorkspace { conv_w, conv_r, u, e, t, chan, exact, .. } = ws;
+        let ConvWorkspace { conv_w, conv_r, u, e, t, exact, .. } = ws;
         let Some(ex) = exact.as_mut() else {
             return Err(Error::InvalidArgument { op: OP, reason: "call g_inverse() on this batch with this workspace first".into() });
         };
@@ -196,9 +195,9 @@ impl<T: Real> SelfNormConv2d<T> {
 
         // db_c = -(1/2B) sum (delta_z^f + delta_z^g)
         if let Some(gb) = grads.b.as_mut() {
-            channel_sums(chan, dz_f, hw, -half * inv_b, false);
-            channel_sums(chan, dz_g, hw, -half * inv_b, true);
-            gb.col_as_slice_mut(0).copy_from_slice(chan);
+            let gb = gb.col_as_slice_mut(0);
+            channel_sums(gb, dz_f, hw, -half * inv_b, false);
+            channel_sums(gb, dz_g, hw, -half * inv_b, true);
         }
         Ok(BackwardStats { reconstruction_error: recon })
     }

@@ -23,7 +23,7 @@ use faer::{unzip, zip, Accum, Mat, MatMut, MatRef, Par};
 use super::forward::channel_sums;
 use super::{Conv2dGrads, ConvWorkspace, SelfNormConv2d};
 use crate::conv::im2col::{im2col_stacked, is_flat_shift};
-use crate::conv::{flip_into, project_onto_kernel, resize_centered_into, Conv2d, Conv2dGeometry};
+use crate::conv::{project_onto_kernel, Conv2d, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::layers::linear::{InverseFit, Projection};
 use crate::layers::BackwardStats;
@@ -59,6 +59,11 @@ impl<T: Real> ConvProjectionBuffers<T> {
     /// Buffers for batches of up to `max_batch`, gathering `per_chunk` examples per product
     /// (`None`: as many as [`PATCH_ENTRIES`] allows).
     pub(crate) fn new(geom_r: &Conv2dGeometry, max_batch: usize, per_chunk: Option<usize>) -> Result<Self> {
+        // every self-transposing geometry (stride 1, "same" padding) is one, so the patches
+        // of a stacked batch are flat shifts (`im2col_stacked`)
+        if !is_flat_shift(geom_r) {
+            return Err(Error::InvalidConv { op: "InverseFit::Projection", reason: "the refit needs a stride-1 'same' geometry".into() });
+        }
         let taps = geom_r.taps();
         let p = geom_r.out_positions();
         let per = per_chunk.unwrap_or(PATCH_ENTRIES / taps.max(1) / p.max(1));
@@ -93,29 +98,26 @@ impl<T: Real> ConvProjectionBuffers<T> {
         let taps = geom.taps();
         let opg = geom.out_per_group();
         let per = (self.cols.nrows() / pos.max(1)).max(1);
-        // every self-transposing geometry (stride 1, "same" padding) is a flat shift
-        if !is_flat_shift(geom) {
-            return Err(Error::InvalidConv { op: OP, reason: "the refit needs a stride-1 'same' geometry".into() });
-        }
+        let cg = geom.in_per_group();
+        // example j's channel c of `src` into rows j*HW.. of column c of `dst`
+        let stack = |dst: &mut Mat<T>, src: MatRef<'_, T>, start: usize, nb: usize, channels: core::ops::Range<usize>| {
+            for j in 0..nb {
+                let col = src.col(start + j);
+                for c in channels.clone() {
+                    let d = &mut dst.col_as_slice_mut(c)[j * pos..(j + 1) * pos];
+                    for (d, v) in d.iter_mut().zip(col.subrows(c * pos, pos).iter()) {
+                        *d = *v;
+                    }
+                }
+            }
+        };
         for g in 0..geom.groups() {
             let mut start = 0;
             while start < b {
                 let nb = per.min(b - start);
-                // stack the chunk channel by channel: u for the patches, x for the targets
-                for j in 0..nb {
-                    let (uc, xc) = (u.col(start + j), x.col(start + j));
-                    for c in 0..geom.in_channels() {
-                        let (us, xs) = (uc.subrows(c * pos, pos), xc.subrows(c * pos, pos));
-                        let dst = &mut self.stack.col_as_slice_mut(c)[j * pos..(j + 1) * pos];
-                        for (d, v) in dst.iter_mut().zip(us.iter()) {
-                            *d = *v;
-                        }
-                        let dst = &mut self.tgt.col_as_slice_mut(c)[j * pos..(j + 1) * pos];
-                        for (d, v) in dst.iter_mut().zip(xs.iter()) {
-                            *d = *v;
-                        }
-                    }
-                }
+                // stack this group's channels of the chunk: u for the patches, x for the targets
+                stack(&mut self.stack, u, start, nb, g * cg..(g + 1) * cg);
+                stack(&mut self.tgt, x, start, nb, g * opg..(g + 1) * opg);
                 im2col_stacked(geom, &self.stack, nb, g, &mut self.cols, 0, 0);
                 let acc = if start == 0 { Accum::Replace } else { Accum::Add };
                 let c = self.cols.as_ref().subrows(0, nb * pos);
@@ -197,8 +199,9 @@ impl<T: Real> SelfNormConv2d<T> {
         let inv_b = T::from_f64(1.0 / b as f64);
         let hw = self.pixels();
         let par = ws.par;
-        ws.ensure_projection(&self.geom_r)?;
-        let ConvWorkspace { conv_w, conv_r, u, e, t, flip_r, flip_r_w, chan, proj, .. } = ws;
+        ws.ensure_projection()?;
+        self.surrogates(ws)?;
+        let ConvWorkspace { conv_w, conv_r, u, e, t, flip_r_w, proj, .. } = ws;
         let u = u.as_ref().subcols(0, b);
         let mut dx = dx;
         conv_w.input_grad(self.w.as_ref(), dz, dx.rb_mut(), T::from_f64(1.0), Accum::Replace)?;
@@ -206,13 +209,10 @@ impl<T: Real> SelfNormConv2d<T> {
         // dw = -(1/B) P_w(dz x^T) - rs(flip r) . m_w [+ (2 lambda / B) P_w(T(r)^T e x^T)]
         conv_w.weight_grad(x, dz, grads.w.as_mut(), -inv_b, Accum::Replace)?;
         self.add_pull(x, e.as_ref().subcols(0, b), t.as_mut().subcols_mut(0, b), grads.w.as_mut(), (conv_w, conv_r), lambda)?;
-        flip_into(&self.geom_r, self.r.as_ref(), flip_r.as_mut())?;
-        resize_centered_into(flip_r.as_ref(), self.geom_w.in_per_group(), self.geom_r.kernel_size(), self.geom_w.kernel_size(), flip_r_w.as_mut())?;
         zip!(grads.w.as_mut(), flip_r_w.as_ref(), self.m_w.as_ref()).for_each(|unzip!(g, f, m)| *g -= *f * *m);
         zip!(grads.r.as_mut()).for_each(|unzip!(g)| *g = T::from_f64(0.0));
         if let Some(gb) = grads.b.as_mut() {
-            channel_sums(chan, dz, hw, -inv_b, false);
-            gb.col_as_slice_mut(0).copy_from_slice(chan);
+            channel_sums(gb.col_as_slice_mut(0), dz, hw, -inv_b, false);
         }
         let Some(proj) = proj.as_mut() else {
             return Err(Error::InvalidArgument { op: "SelfNormConv2d::backward", reason: "no projection buffers".into() });
@@ -269,7 +269,7 @@ impl<T: Real> SelfNormConv2d<T> {
         const OP: &str = "SelfNormConv2d::backward_exact";
         let inv_b = T::from_f64(1.0 / b as f64);
         let hw = self.pixels();
-        let ConvWorkspace { conv_w, conv_r, u, e, t, chan, exact, .. } = ws;
+        let ConvWorkspace { conv_w, conv_r, u, e, t, exact, .. } = ws;
         let Some(ex) = exact.as_mut() else {
             return Err(Error::InvalidArgument { op: OP, reason: "call g_inverse() on this batch with this workspace first".into() });
         };
@@ -287,8 +287,7 @@ impl<T: Real> SelfNormConv2d<T> {
         project_onto_kernel(&self.geom_w, ex.inv.as_ref(), grads.w.as_mut(), T::from_f64(-1.0), Accum::Add)?;
         zip!(grads.r.as_mut()).for_each(|unzip!(g)| *g = T::from_f64(0.0));
         if let Some(gb) = grads.b.as_mut() {
-            channel_sums(chan, dz_f, hw, -inv_b, false);
-            gb.col_as_slice_mut(0).copy_from_slice(chan);
+            channel_sums(gb.col_as_slice_mut(0), dz_f, hw, -inv_b, false);
         }
         Ok(BackwardStats { reconstruction_error: recon })
     }

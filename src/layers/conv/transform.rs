@@ -117,10 +117,6 @@ impl<T: Real> Transform<T> for SelfNormConv2d<T> {
 }
 
 impl<T: Real> SelfNormalizing<T> for SelfNormConv2d<T> {
-    fn uses_penalty(&self) -> bool {
-        // both fits: under the projection fit λ still weighs the pull on w
-        true
-    }
     fn prepare_exact(&self, ws: &mut Workspace<T>) -> Result<()> {
         let cw = ws.buffers_mut::<ConvWorkspace<T>>()?;
         self.check_ws("SelfNormConv2d::prepare_exact", cw)?;

@@ -26,8 +26,6 @@ pub struct ConvWorkspace<T: Real> {
     pub(crate) flip_r_w: Mat<T>,
     pub(crate) flip_w: Mat<T>,
     pub(crate) flip_w_r: Mat<T>,
-    /// Per-channel sums for the bias gradient.
-    pub(crate) chan: Vec<T>,
     pub(crate) batch: Option<usize>,
     pub(crate) exact: Option<ConvExact<T>>,
     /// Per-chunk stacked buffers of the fused SNF backward pass, and its block size.
@@ -79,7 +77,6 @@ impl<T: Real> ConvWorkspace<T> {
             flip_r_w: Mat::zeros(kw.0, kw.1),
             flip_w: Mat::zeros(kw.0, kw.1),
             flip_w_r: Mat::zeros(kr.0, kr.1),
-            chan: vec![T::from_f64(0.0); gw.in_channels()],
             batch: None,
             exact: None,
             fused,
@@ -124,8 +121,7 @@ impl<T: Real> ConvWorkspace<T> {
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) when they cannot be allocated.
     pub fn with_projection(mut self) -> crate::Result<Self> {
-        let geom_r = *self.conv_r.geometry();
-        self.ensure_projection(&geom_r)?;
+        self.ensure_projection()?;
         Ok(self)
     }
 
@@ -142,9 +138,9 @@ impl<T: Real> ConvWorkspace<T> {
         Ok(self)
     }
 
-    pub(crate) fn ensure_projection(&mut self, geom_r: &Conv2dGeometry) -> crate::Result<()> {
+    pub(crate) fn ensure_projection(&mut self) -> crate::Result<()> {
         if self.proj.is_none() {
-            self.proj = Some(ConvProjectionBuffers::new(geom_r, self.max_batch(), None)?);
+            self.proj = Some(ConvProjectionBuffers::new(self.conv_r.geometry(), self.max_batch(), None)?);
         }
         Ok(())
     }
