@@ -31,6 +31,23 @@ pub(crate) fn all_finite<T: Real>(a: MatRef<'_, T>) -> bool {
     })
 }
 
+/// True when every entry of `a` is exactly zero (either sign). Stops at the first column
+/// that holds a nonzero, so a block that is not zero costs next to nothing.
+pub(crate) fn all_zero<T: Real>(a: MatRef<'_, T>) -> bool {
+    if a.row_stride() != 1 && a.col_stride() == 1 {
+        return all_zero(a.transpose());
+    }
+    let zero = T::from_f64(0.0);
+    (0..a.ncols()).all(|j| {
+        let col = a.col(j);
+        match col.try_as_col_major() {
+            // no early exit inside a column: the comparison vectorises
+            Some(c) => c.as_slice().iter().fold(true, |z, &v| z & (v == zero)),
+            None => col.iter().all(|&v| v == zero),
+        }
+    })
+}
+
 /// Sum of squares of every entry, accumulated in `f64`.
 pub(crate) fn sum_sq<T: Real>(x: MatRef<'_, T>) -> f64 {
     if x.row_stride() != 1 && x.col_stride() == 1 {

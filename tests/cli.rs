@@ -423,6 +423,15 @@ fn reliability_defects_of_the_cli() {
     let b = root.join("b");
     let o = Command::new(BIN).args(tiny(&b, "1")).args(["--model", "conv"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    //    (the conv model's default λ is the projection fit's adaptive pull: a relative-error
+    //    target of 3e-4, from λ = 0.02, within [1e-3, 1], one halving of the target at most)
+    let run: serde_json::Value = serde_json::from_slice(&std::fs::read(b.join("run.json")).unwrap()).unwrap();
+    let pull = &run["config"]["lambda"]["Adaptive"];
+    assert_eq!(
+        [&pull["target"], &pull["min_target"], &pull["min"], &pull["max"]].map(|v| v.as_f64()),
+        [Some(3e-4), Some(1.5e-4), Some(1e-3), Some(1.0)],
+        "{run}"
+    );
     let mixed = root.join("mixed");
     assert!(run_tiny(&mixed, "1", &[]).status.success());
     std::fs::copy(b.join("checkpoints/last.safetensors"), mixed.join("checkpoints/last.safetensors")).unwrap();

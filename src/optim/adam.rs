@@ -48,6 +48,9 @@ pub struct Adam<T: Real> {
     t: u64,
     m: Vec<Mat<T>>,
     v: Vec<Mat<T>>,
+    /// Per block: both moments are known to be exactly zero (no nonzero gradient has
+    /// reached the block yet). Such a block with a zero gradient is skipped, see [`step`](Self::step).
+    idle: Vec<bool>,
 }
 
 impl<T: Real> Adam<T> {
@@ -61,8 +64,9 @@ impl<T: Real> Adam<T> {
         if !ok {
             return Err(Error::InvalidArgument { op: "Adam::new", reason: format!("bad config {cfg:?}") });
         }
-        let (m, v) = shapes.into_iter().map(|(r, c)| (Mat::zeros(r, c), Mat::zeros(r, c))).unzip();
-        Ok(Self { cfg, par: faer::Par::Seq, t: 0, m, v })
+        let (m, v): (Vec<_>, Vec<_>) = shapes.into_iter().map(|(r, c)| (Mat::zeros(r, c), Mat::zeros(r, c))).unzip();
+        let idle = vec![true; m.len()];
+        Ok(Self { cfg, par: faer::Par::Seq, t: 0, m, v, idle })
     }
 
     /// Run the element-wise update on `par` threads (column blocks, no allocation).
@@ -115,6 +119,7 @@ impl<T: Real> Adam<T> {
             }
         }
         self.t = state.t;
+        self.idle = state.m.iter().zip(&state.v).map(|(m, v)| crate::util::all_zero(m.as_ref()) && crate::util::all_zero(v.as_ref())).collect();
         self.m = state.m;
         self.v = state.v;
         Ok(())
@@ -122,6 +127,15 @@ impl<T: Real> Adam<T> {
 
     /// One update of every block, given `(parameter, gradient)` pairs in the order of
     /// the shapes passed to [`new`](Self::new). Allocates nothing.
+    ///
+    /// A block whose gradient is exactly zero and whose moments are still exactly zero
+    /// (it has never had a nonzero gradient) is skipped: the update would leave $m = v = 0$
+    /// and move $\theta$ by $\eta\cdot 0/(0 + \hat\epsilon) = 0$, so skipping it changes no bit.
+    /// Such blocks are parameters that something other than the optimiser sets, e.g. the
+    /// learned inverse $R$ under [`InverseFit::Projection`](crate::layers::linear::InverseFit::Projection),
+    /// whose gradient is zero by construction; skipping them halves the optimiser's memory
+    /// traffic for the FC model. The check reads a block only while it is idle, and stops
+    /// at its first nonzero entry.
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] / [`Error::InvalidArgument`] if the pairs do not match
@@ -155,6 +169,13 @@ impl<T: Real> Adam<T> {
                 if p.nrows() == p.ncols() && p.nrows() > 1 && p.col_stride() == 1 && p.row_stride() != 1 { (p.transpose_mut(), g.transpose()) } else { (p, g) };
             crate::error::check_shape(OP, (m.nrows(), m.ncols()), (p.nrows(), p.ncols()))?;
             crate::error::check_shape(OP, (m.nrows(), m.ncols()), (g.nrows(), g.ncols()))?;
+            n += 1;
+            if let Some(idle) = self.idle.get_mut(i) {
+                if *idle && crate::util::all_zero(g) {
+                    continue;
+                }
+                *idle = false;
+            }
             crate::util::par_cols(((p, g), (m.as_mut(), v.as_mut())), self.par, &|((p, g), (m, v))| {
                 zip!(p, g, m, v).for_each(|unzip!(p, g, m, v)| {
                     *m = b1 * *m + ob1 * *g;
@@ -162,11 +183,74 @@ impl<T: Real> Adam<T> {
                     *p -= step * *m / (num_traits::Float::sqrt(*v) + eps_hat);
                 })
             });
-            n += 1;
         }
         if n != self.m.len() {
             return Err(Error::InvalidArgument { op: OP, reason: format!("{n} blocks given, {} expected", self.m.len()) });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The update written out once more, in the same operation order as [`Adam::step`].
+    fn reference(cfg: AdamConfig, t: i32, p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64]) {
+        let bc1 = 1.0 - cfg.beta1.powi(t);
+        let bc2 = (1.0 - cfg.beta2.powi(t)).sqrt();
+        let (step, eps_hat) = (cfg.lr * bc2 / bc1, cfg.eps * bc2);
+        for k in 0..p.len() {
+            m[k] = cfg.beta1 * m[k] + (1.0 - cfg.beta1) * g[k];
+            v[k] = cfg.beta2 * v[k] + (1.0 - cfg.beta2) * g[k] * g[k];
+            p[k] -= step * m[k] / (v[k].sqrt() + eps_hat);
+        }
+    }
+
+    fn col(x: &[f64]) -> Mat<f64> {
+        Mat::from_fn(x.len(), 1, |i, _| x[i])
+    }
+
+    /// A block whose gradient is zero while its moments are zero is skipped, bit for bit
+    /// as if updated; once it has had a nonzero gradient, a zero gradient still moves it
+    /// (momentum), so the skip must not fire then. Exact equality with the written-out
+    /// update is the right tolerance: skipping claims to change no bit.
+    #[test]
+    fn idle_blocks_are_skipped_without_changing_any_bit() {
+        let cfg = AdamConfig { lr: 1e-2, ..Default::default() };
+        let mut adam = Adam::<f64>::new(cfg, [(3, 1), (3, 1)]).unwrap();
+        let mut p = [col(&[0.5, -1.0, 2.0]), col(&[1.0, 2.0, 3.0])];
+        let (mut rp, mut rm, mut rv) = ([[0.5, -1.0, 2.0], [1.0, 2.0, 3.0]], [[0.0; 3]; 2], [[0.0; 3]; 2]);
+        // block 0 always has a gradient; block 1: zero, zero, nonzero, zero, -0.0
+        let g1: [[f64; 3]; 5] = [[0.0; 3], [0.0; 3], [0.3, -0.2, 0.1], [0.0; 3], [-0.0; 3]];
+        for (t, g1) in g1.iter().enumerate() {
+            let g = [col(&[0.1, 0.2, -0.3]), col(g1)];
+            let [p0, p1] = &mut p;
+            adam.step([(p0.as_mut(), g[0].as_ref()), (p1.as_mut(), g[1].as_ref())]).unwrap();
+            for k in 0..2 {
+                let gk: Vec<f64> = (0..3).map(|i| g[k][(i, 0)]).collect();
+                reference(cfg, t as i32 + 1, &mut rp[k], &gk, &mut rm[k], &mut rv[k]);
+                for i in 0..3 {
+                    assert_eq!(p[k][(i, 0)].to_bits(), rp[k][i].to_bits(), "step {t}, block {k}, entry {i}");
+                }
+            }
+            let s = adam.state();
+            assert_eq!(s.m[1][(0, 0)] == 0.0, t < 2, "block 1's moments are zero exactly until its first gradient");
+        }
+        // after its first nonzero gradient, the zero gradients of steps 4 and 5 moved block 1
+        assert_ne!(rp[1][0], 1.0);
+    }
+
+    /// A restored state with nonzero moments is not idle: a zero gradient moves it.
+    #[test]
+    fn a_restored_state_with_momentum_is_updated() {
+        let cfg = AdamConfig::default();
+        let mut adam = Adam::<f64>::new(cfg, [(2, 1)]).unwrap();
+        adam.set_state(AdamState { t: 3, m: vec![col(&[0.1, 0.0])], v: vec![col(&[0.01, 0.0])] }).unwrap();
+        let mut p = col(&[1.0, 1.0]);
+        let g = col(&[0.0, 0.0]);
+        adam.step([(p.as_mut(), g.as_ref())]).unwrap();
+        assert!(p[(0, 0)] < 1.0, "momentum moves the first entry");
+        assert_eq!(p[(1, 0)], 1.0);
     }
 }

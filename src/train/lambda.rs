@@ -142,6 +142,30 @@ impl Adaptive {
         }
     }
 
+    /// The controller for the conv projection fit's pull on $w$ (`proofs/projection.md` §4,
+    /// `proofs/lambda.md` §6): it holds the relative error at `target` starting from
+    /// `lambda`, with λ in $[10^{-3}, 1]$, an integral gain $k_i = 10^{-2}$ per step (five
+    /// times [`new`](Self::new)'s) and one halving of the target by the divergence monitor
+    /// at most.
+    ///
+    /// Why not [`new`](Self::new)'s settings: the pull acts on $w$ alone while the refit
+    /// moves $r$, and above λ ≈ 1 the two chased each other on MNIST (the error spiked
+    /// 30-fold within an epoch, the likelihood fell 13 % behind); every angle alert halving
+    /// the target drove λ there; and at the slower rate the error ran away before λ rose.
+    ///
+    /// ```
+    /// use snf::train::{Adaptive, Lambda};
+    /// use snf::flow::models::{CONV_PROJECTION_LAMBDA, CONV_PULL_TARGET};
+    /// let mut lambda = Lambda::Adaptive(Adaptive::pull(CONV_PULL_TARGET, CONV_PROJECTION_LAMBDA));
+    /// for _ in 0..5_000 {
+    ///     lambda.update(f64::NAN, 1e-2); // an error 30x the target, every step
+    /// }
+    /// assert_eq!(lambda.value(), 1.0); // λ stops at its bound
+    /// ```
+    pub fn pull(target: f64, lambda: f64) -> Self {
+        Self { min_target: target / 2.0, max: 1.0, gain_i: 1e-2, ..Self::new(target, lambda) }
+    }
+
     fn update(&mut self, relative: f64) {
         if !relative.is_finite() || self.target.is_nan() || self.target <= 0.0 {
             return;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
 use snf::checkpoint::Checkpoint;
-use snf::flow::models::CONV_PROJECTION_LAMBDA;
+use snf::flow::models::{CONV_PROJECTION_LAMBDA, CONV_PULL_TARGET};
 use snf::optim::AdamConfig;
 use snf::train::{Adaptive, Geco, Lambda, TrainConfig, Trainer};
 use snf::Real;
@@ -52,12 +52,13 @@ pub struct Args {
     #[arg(long, value_enum)]
     inverse_fit: Option<Fit>,
     /// A fixed reconstruction penalty λ (the paper's; default: the adaptive λ, see
-    /// --recon-target; for the conv model's projection fit 0.02, which weighs only the pull on
-    /// w; for glow the paper's 100, or 1000 on cifar10). With --geco-target: GECO's starting λ [default: 1].
+    /// --recon-target; for the conv model's projection fit also adaptive, from 0.02, weighing
+    /// only the pull on w; for glow the paper's 100, or 1000 on cifar10). With --geco-target: GECO's starting λ [default: 1].
     #[arg(long)]
     lambda: Option<f64>,
     /// The adaptive λ's target for the relative reconstruction error (each
-    /// self-normalizing layer's |g(f(x)) - x|^2 over |x|^2). The default λ.
+    /// self-normalizing layer's |g(f(x)) - x|^2 over |x|^2). The default λ [default: 3e-3;
+    /// 3e-4 for the conv model's projection fit, whose λ stays in [1e-3, 1]].
     #[arg(long, conflicts_with_all = ["lambda", "geco_target"])]
     recon_target: Option<f64>,
     /// Steer λ so that the summed reconstruction error tracks this target (GECO).
@@ -360,7 +361,10 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
             Lambda::Fixed(if a.dataset == DatasetKind::Cifar10 { GLOW_LAMBDA_CIFAR10 } else { GLOW_LAMBDA })
         }
         // the conv model's projection fit: λ weighs only the pull on w (proofs/projection.md §4)
-        (None, None) if a.model == Model::Conv && inverse_fit == Fit::Projection && a.recon_target.is_none() => Lambda::Fixed(CONV_PROJECTION_LAMBDA),
+        // starting at CONV_PROJECTION_LAMBDA, steered to a relative error (`--recon-target`)
+        (None, None) if a.model == Model::Conv && inverse_fit == Fit::Projection => {
+            Lambda::Adaptive(Adaptive::pull(a.recon_target.unwrap_or(CONV_PULL_TARGET), CONV_PROJECTION_LAMBDA))
+        }
         (None, None) => Lambda::Adaptive(a.recon_target.map_or_else(Adaptive::default, |t| Adaptive::new(t, 1.0))),
     };
     let config = TrainConfig {

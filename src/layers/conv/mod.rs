@@ -286,8 +286,8 @@ impl<T: Real> SelfNormConv2d<T> {
     /// build) or [`InverseFit::Projection`], under which $w$ and $b$ follow the plain flow's
     /// likelihood with $\mathrm{flip}(r)\odot m_w$ in place of $P_w(\mathcal T(w)^{-T})$, λ
     /// weighs only the reconstruction error's pull on $w$ (keeping $\mathcal T(w)$ invertible
-    /// by a kernel of $r$'s size; the conv model trains with
-    /// [`CONV_PROJECTION_LAMBDA`](crate::flow::models::CONV_PROJECTION_LAMBDA)), and $r$ is
+    /// by a kernel of $r$'s size; the conv model's λ is steered by
+    /// [`Adaptive::pull`](crate::train::Adaptive::pull)), and $r$ is
     /// refitted to each batch by proximal least squares after the optimiser step
     /// (`proofs/projection.md`, §4).
     ///

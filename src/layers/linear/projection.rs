@@ -36,7 +36,11 @@ impl<T: Real> SelfNormLinear<T> {
         // dW = -(1/B) dz x^T - R^T
         par_cols((grads.w.as_mut(), self.rt.as_ref()), par, &|(g, rt)| zip!(g, rt).for_each(|unzip!(g, rt)| *g = -*rt));
         matmul(grads.w.as_mut(), Accum::Add, dz, x.transpose(), -inv_b, par);
-        par_cols(grads.rt.as_mut(), par, &|g| zip!(g).for_each(|unzip!(g)| *g = T::from_f64(0.0)));
+        // dR = 0: it stays zero from step to step, so it is written only when it is not
+        // (reading it costs half of writing it)
+        if !crate::util::all_zero(grads.rt.as_ref()) {
+            par_cols(grads.rt.as_mut(), par, &|g| zip!(g).for_each(|unzip!(g)| *g = T::from_f64(0.0)));
+        }
         if let Some(gb) = grads.b.as_mut() {
             set_scaled_row_sums(gb.col_as_slice_mut(0), dz, -inv_b);
         }
