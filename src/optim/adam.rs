@@ -135,7 +135,7 @@ impl<T: Real> Adam<T> {
     /// learned inverse $R$ under [`InverseFit::Projection`](crate::layers::linear::InverseFit::Projection),
     /// whose gradient is zero by construction; skipping them halves the optimiser's memory
     /// traffic for the FC model. The check reads a block only while it is idle, and stops
-    /// at its first nonzero entry.
+    /// at the first column that holds a nonzero.
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] / [`Error::InvalidArgument`] if the pairs do not match
