@@ -216,9 +216,9 @@ mod tests {
     /// (momentum), so the skip must not fire then. Exact equality with the written-out
     /// update is the right tolerance: skipping claims to change no bit.
     #[test]
-    fn idle_blocks_are_skipped_without_changing_any_bit() {
+    fn idle_blocks_are_skipped_without_changing_any_bit() -> Result<()> {
         let cfg = AdamConfig { lr: 1e-2, ..Default::default() };
-        let mut adam = Adam::<f64>::new(cfg, [(3, 1), (3, 1)]).unwrap();
+        let mut adam = Adam::<f64>::new(cfg, [(3, 1), (3, 1)])?;
         let mut p = [col(&[0.5, -1.0, 2.0]), col(&[1.0, 2.0, 3.0])];
         let (mut rp, mut rm, mut rv) = ([[0.5, -1.0, 2.0], [1.0, 2.0, 3.0]], [[0.0; 3]; 2], [[0.0; 3]; 2]);
         // block 0 always has a gradient; block 1: zero, zero, nonzero, zero, -0.0
@@ -226,7 +226,7 @@ mod tests {
         for (t, g1) in g1.iter().enumerate() {
             let g = [col(&[0.1, 0.2, -0.3]), col(g1)];
             let [p0, p1] = &mut p;
-            adam.step([(p0.as_mut(), g[0].as_ref()), (p1.as_mut(), g[1].as_ref())]).unwrap();
+            adam.step([(p0.as_mut(), g[0].as_ref()), (p1.as_mut(), g[1].as_ref())])?;
             for k in 0..2 {
                 let gk: Vec<f64> = (0..3).map(|i| g[k][(i, 0)]).collect();
                 reference(cfg, t as i32 + 1, &mut rp[k], &gk, &mut rm[k], &mut rv[k]);
@@ -239,18 +239,20 @@ mod tests {
         }
         // after its first nonzero gradient, the zero gradients of steps 4 and 5 moved block 1
         assert_ne!(rp[1][0], 1.0);
+        Ok(())
     }
 
     /// A restored state with nonzero moments is not idle: a zero gradient moves it.
     #[test]
-    fn a_restored_state_with_momentum_is_updated() {
+    fn a_restored_state_with_momentum_is_updated() -> Result<()> {
         let cfg = AdamConfig::default();
-        let mut adam = Adam::<f64>::new(cfg, [(2, 1)]).unwrap();
-        adam.set_state(AdamState { t: 3, m: vec![col(&[0.1, 0.0])], v: vec![col(&[0.01, 0.0])] }).unwrap();
+        let mut adam = Adam::<f64>::new(cfg, [(2, 1)])?;
+        adam.set_state(AdamState { t: 3, m: vec![col(&[0.1, 0.0])], v: vec![col(&[0.01, 0.0])] })?;
         let mut p = col(&[1.0, 1.0]);
         let g = col(&[0.0, 0.0]);
-        adam.step([(p.as_mut(), g.as_ref())]).unwrap();
+        adam.step([(p.as_mut(), g.as_ref())])?;
         assert!(p[(0, 0)] < 1.0, "momentum moves the first entry");
         assert_eq!(p[(1, 0)], 1.0);
+        Ok(())
     }
 }
