@@ -16,10 +16,11 @@ case "$SIZE" in
     *) echo "usage: $0 [4k|16k]" >&2; exit 2 ;;
 esac
 # ROWS="snf1x1 snf5x5" runs some rows only; self-normalizing rows train with the paper's
-# MNIST Glow penalty lambda = 100 (A.3, also the CLI's Glow default) unless SNF_FLAGS says
-# otherwise (e.g. "--recon-target 3e-3" for the adaptive lambda, or "--geco-target 1e-3").
+# MNIST Glow penalty lambda = 100 (A.3: --inverse-fit penalty --lambda 100) unless SNF_FLAGS says
+# otherwise (e.g. "--inverse-fit projection" for the default projection fit, "--inverse-fit penalty
+# --recon-target 3e-3" for the adaptive penalty, or "--inverse-fit penalty --geco-target 1e-3").
 if [ -n "${ROWS:-}" ]; then read -r -a rows <<< "$ROWS"; fi
-SNF_FLAGS=${SNF_FLAGS---lambda 100}
+SNF_FLAGS=${SNF_FLAGS---inverse-fit penalty --lambda 100}
 if [ -z "${SNF_BIN:-}" ]; then cargo build --release --features cli --bin snf; fi
 SNF=${SNF_BIN:-target/release/snf}
 subset=()

@@ -193,3 +193,66 @@ fn the_relative_penalty_is_eq3_with_a_per_layer_weight() {
     assert!(diff(&g_rel, &g_abs) < 1e-12 * g_abs.norm().max(1.0), "{}", diff(&g_rel, &g_abs));
     assert!(diff(&g_rel, &g_plain) > 1e-6, "the weight made no difference");
 }
+
+/// `FlowWorkspace::layer_relative_errors` reports each self-normalizing layer's own error
+/// ($\lVert R W x - x\rVert^2 / \lVert x\rVert^2$, batch means, checked here against a direct
+/// computation), 0 for a layer without a learned inverse, and its mean over the
+/// self-normalizing layers is the step's `relative_reconstruction_error`. The tolerance
+/// (1e-10 relative) is f64 rounding of sums of a few dozen products; a wrong layer index,
+/// a missing division by the input energy or an error taken after the activation all fail it
+/// by orders of magnitude.
+#[test]
+fn per_layer_errors_name_the_layer_that_fails() {
+    let mut rng = snf::init::rng(5);
+    let d = 5;
+    let mut flow = Flow::<f64>::builder(Shape::flat(d))
+        .then(SelfNormLinear::<f64>::new(d, false, &mut rng).unwrap())
+        .then(snf::activation::LeakyRelu::new(0.5).unwrap())
+        .then(SelfNormLinear::<f64>::new(d, false, &mut rng).unwrap())
+        .build()
+        .unwrap();
+    // perturb only the first layer's R
+    {
+        let layers = flow.layers_mut();
+        let mut p = layers[0].params_mut();
+        let r = &mut p[1];
+        for j in 0..d {
+            for i in 0..d {
+                r[(i, j)] += 0.02 * ((i * 5 + j * 3) % 7) as f64 - 0.06;
+            }
+        }
+    }
+    let b = 9;
+    let x = Mat::<f64>::from_fn(d, b, |i, j| ((i * 11 + j * 7) % 13) as f64 / 6.0 - 1.0);
+    let mut ws = flow.workspace(b, Par::Seq).unwrap();
+    assert!(ws.layer_relative_errors().iter().all(|&e| e == 0.0));
+    let mut grads = flow.zero_grads();
+    let stats = flow.gradients(x.as_ref(), &mut grads, &mut ws, 1.0).unwrap();
+    let per = ws.layer_relative_errors().to_vec();
+    assert_eq!(per.len(), 3);
+    assert_eq!(per[1], 0.0, "the activation has no inverse to fit: {per:?}");
+    // each layer's error, directly: layer 0 on x, layer 2 on h = LeakyReLU(W0 x)
+    let rel = |k: usize, input: &Mat<f64>| -> (f64, Mat<f64>) {
+        let params = flow.layers()[k].params();
+        let (w, r) = (params[0].value.to_owned(), params[1].value.to_owned());
+        let z = &w * input;
+        let y = &r * &z;
+        let (mut num, mut den) = (0.0, 0.0);
+        for j in 0..b {
+            for i in 0..d {
+                num += (y[(i, j)] - input[(i, j)]).powi(2);
+                den += input[(i, j)].powi(2);
+            }
+        }
+        (num / den, z)
+    };
+    let (direct0, z0) = rel(0, &x);
+    let h = Mat::<f64>::from_fn(d, b, |i, j| if z0[(i, j)] > 0.0 { z0[(i, j)] } else { 0.5 * z0[(i, j)] });
+    let (direct2, _) = rel(2, &h);
+    assert!(direct0 > 1e-4, "the perturbation made no error: {direct0}");
+    assert!((per[0] / direct0 - 1.0).abs() < 1e-10, "layer 0: {} vs direct {direct0}", per[0]);
+    assert!((per[2] / direct2 - 1.0).abs() < 1e-10, "layer 2: {} vs direct {direct2}", per[2]);
+    assert!(per[2] < 0.1 * per[0], "the unperturbed layer reports the perturbed one's error: {per:?}");
+    let mean = (per[0] + per[2]) / 2.0;
+    assert!((stats.relative_reconstruction_error / mean - 1.0).abs() < 1e-12, "{stats:?} vs {per:?}");
+}

@@ -234,13 +234,20 @@ fn bad_arguments_and_files_give_one_error_line() {
     let e = fails(&["train", "--inverse-fit", "penalty", "--geco-target", "4", "--geco-rate=-1", "--out", &d]);
     assert!(e.contains("--geco-rate"), "{e}");
     // the FC model's default projection fit has no λ to set (the conv model's has: the pull
-    // on w); the conv baselines and Glow have no projection fit
+    // on w); the conv baselines and Glow's exact mixings have no inverse to fit
     let e = fails(&["train", "--lambda", "0.5", "--out", &d]);
     assert!(e.contains("--inverse-fit penalty"), "{e}");
     let e = fails(&["train", "--model", "conv", "--mixing", "emerging", "--inverse-fit", "projection", "--out", &d]);
     assert!(e.contains("--inverse-fit"), "{e}");
-    let e = fails(&["train", "--model", "glow", "--inverse-fit", "projection", "--out", &d]);
+    let e = fails(&["train", "--model", "glow", "--mixing", "exact1x1", "--inverse-fit", "projection", "--out", &d]);
     assert!(e.contains("--inverse-fit"), "{e}");
+    // the inverse-kernel size: odd, and only for the conv model's self-normalizing layers
+    let e = fails(&["train", "--model", "conv", "--inverse-kernel", "4", "--out", &d]);
+    assert!(e.contains("--inverse-kernel must be odd"), "{e}");
+    let e = fails(&["train", "--inverse-kernel", "5", "--out", &d]);
+    assert!(e.contains("--inverse-kernel"), "{e}");
+    let e = fails(&["train", "--model", "conv", "--grad", "exact", "--inverse-kernel", "5", "--out", &d]);
+    assert!(e.contains("--inverse-kernel"), "{e}");
     fails(&["sample", &d, "-n", "0"]);
     // missing data folder
     let e = fails(&["train", "--data", "/no/such/mnist", "--out", &format!("{d}/r")]);
@@ -432,6 +439,19 @@ fn reliability_defects_of_the_cli() {
         [Some(3e-4), Some(1.5e-4), Some(1e-3), Some(1.0)],
         "{run}"
     );
+    //    a 5x5 inverse kernel is a run setting: the checkpoint holds 5x5 kernels r, and
+    //    evaluation and resume rebuild the model with them (a 3x3 rebuild fails to load)
+    let b5 = root.join("b5");
+    let o = run_tiny(&b5, "1", &["--model", "conv", "--inverse-kernel", "5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&std::fs::read(b5.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["inverse_kernel"], 5, "{run}");
+    let convs = load(&b5.join("checkpoints/last.safetensors")).flow;
+    let k = convs.self_normalizing().next().unwrap();
+    let conv = convs.layer::<snf::layers::conv::SelfNormConv2d<f32>>(k).unwrap();
+    assert_eq!(conv.inverse_geometry().kernel_size(), [5, 5]);
+    ok(&["eval", &b5.display().to_string(), "--subset", "50"]);
+    ok(&["train", "--resume", "--epochs", "2", "--quiet", "--samples", "0", "--out", &b5.display().to_string()]);
     let mixed = root.join("mixed");
     assert!(run_tiny(&mixed, "1", &[]).status.success());
     std::fs::copy(b.join("checkpoints/last.safetensors"), mixed.join("checkpoints/last.safetensors")).unwrap();
@@ -569,8 +589,13 @@ fn glow_trains_evaluates_samples_and_resumes() {
         let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
         assert_eq!((run["mixing"].as_str(), run["grad"].as_str()), (Some(mixing), Some(grad)));
         assert_eq!(run["glow"]["steps"], 2);
-        // the paper's A.3 settings are Glow's defaults: lr 1e-3, fixed lambda 100 on MNIST
-        assert_eq!(run["config"]["lambda"]["Fixed"], 100.0, "{run}");
+        // Glow's defaults: the paper's lr 1e-3 (A.3); self-normalizing mixing keeps its
+        // inverse by the projection fit with the adaptive pull from 0.02 (λ in [1e-3, 1])
+        if grad == "snf" {
+            assert_eq!(run["inverse_fit"], "projection", "{run}");
+            assert_eq!(run["config"]["lambda"]["Adaptive"]["lambda"], 0.02, "{run}");
+            assert_eq!(run["config"]["lambda"]["Adaptive"]["max"], 1.0, "{run}");
+        }
         assert_eq!(run["config"]["adam"]["lr"], 1e-3, "{run}");
         let kinds: Vec<&str> = load(&out.join("checkpoints/best.safetensors")).flow.layers().iter().map(|l| l.kind()).collect();
         for (k, n) in [("actnorm", 4), (kind, 4), ("affine-coupling", 4), ("split", 1), ("squeeze", 2)] {
@@ -586,10 +611,12 @@ fn glow_trains_evaluates_samples_and_resumes() {
     let cifar = root.join("cifar");
     std::fs::create_dir_all(&cifar).unwrap();
     common::files::write_cifar(&cifar, 12, 10);
-    for mixing in ["snf1x1", "exact1x1"] {
-        let out = root.join(format!("cifar-{mixing}"));
+    for (mixing, fit) in [("snf1x1", "penalty"), ("snf1x1", "projection"), ("exact1x1", "")] {
+        let out = root.join(format!("cifar-{mixing}-{fit}"));
+        let fit_flag: &[&str] = if fit.is_empty() { &[] } else { &["--inverse-fit", fit] };
         let o = Command::new(BIN)
             .args(["train", "--model", "glow", "--mixing", mixing, "--levels", "3", "--steps", "1", "--width", "8", "--dataset", "cifar10"])
+            .args(fit_flag)
             .args(["--data", &cifar.display().to_string(), "--valid-size", "10", "--epochs", "1", "--batch", "10", "--samples", "4", "--quiet", "--out"])
             .arg(&out)
             .env_remove("SNF_FAULT")
@@ -600,10 +627,14 @@ fn glow_trains_evaluates_samples_and_resumes() {
         assert!(stdout.contains("bits/dim"), "{stdout}");
         let png = std::fs::read(out.join("samples.png")).unwrap();
         assert_eq!(png[25], 2, "colour type RGB in the PNG header");
-        // A.3 on CIFAR-10: lambda 1000, and SNF clips the gradient norm at 10 000
+        // A.3 on CIFAR-10 for the paper's penalised layers: lambda 1000, and the gradient
+        // norm clipped at 10 000; the projection fit (and exact mixing) is not clipped
         let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
-        assert_eq!(run["config"]["lambda"]["Fixed"], 1000.0, "{run}");
-        assert_eq!(run["config"]["clip_norm"].as_f64(), (mixing == "snf1x1").then_some(10_000.0), "{run}");
+        let penalty = fit == "penalty";
+        if penalty {
+            assert_eq!(run["config"]["lambda"]["Fixed"], 1000.0, "{run}");
+        }
+        assert_eq!(run["config"]["clip_norm"].as_f64(), penalty.then_some(10_000.0), "{run}");
     }
     let resumed = ok(&["train", "--resume", "--out", &root.join("snf1x1").display().to_string(), "--epochs", "2", "--samples", "0", "--quiet"]);
     assert!(resumed.contains("test NLL"), "{resumed}");

@@ -10,6 +10,7 @@ use super::Flow;
 use crate::conv::{flip, Conv2dGeometry};
 use crate::error::{Error, Result};
 use crate::layers::conv::{SelfNormConv2d, SelfNormConv2dConfig};
+use crate::layers::linear::InverseFit;
 use crate::layers::{random_orthogonal, ActNorm, AffineCoupling, AffineCouplingConfig, InvConv1x1, LuConv1x1, Preprocess, Split, Squeeze};
 use crate::real::Real;
 use crate::shape::Shape;
@@ -113,7 +114,33 @@ pub fn snf_mixing_conv<T: Real>(shape: Shape, k: usize, rng: &mut impl Rng) -> R
 /// [`Error::InvalidArgument`] for zero levels, steps or width, image sides not divisible
 /// by $2^L$, or an even `k` for [`GlowMixing::Snf`]; the constructors' checks.
 pub fn glow<T: Real, R: Rng>(shape: Shape, config: GlowConfig, rng: &mut R) -> Result<Flow<T>> {
+    glow_with_fit(shape, config, InverseFit::Penalty, rng)
+}
+
+/// [`glow`] with the self-normalizing mixing layers' [`InverseFit`] chosen: the paper's
+/// penalty ([`InverseFit::Penalty`], what [`glow`] builds, λ of A.3) or the projection fit
+/// ([`InverseFit::Projection`]: the inverse kernel refitted to each batch by proximal least
+/// squares, the likelihood trained with no penalty but a small pull on $w$ steered by
+/// `Adaptive::pull`, as in the conv model; `proofs/projection.md`). A 1x1 inverse kernel can
+/// equal $W^{-1}$ exactly, so for [`GlowMixing::Snf1x1`] the refit meets its constraint
+/// without a λ to tune (`docs/reproduction.md`, "Glow with the projection fit"). The same
+/// random draws for every `fit`; `fit` is ignored by exact mixing layers.
+///
+/// ```
+/// use snf::flow::glow::{glow_with_fit, GlowConfig, GlowMixing};
+/// use snf::layers::linear::InverseFit;
+/// use snf::Shape;
+/// let cfg = GlowConfig::new(1, 2, 8, GlowMixing::Snf1x1);
+/// let flow = glow_with_fit::<f64, _>(Shape::image(1, 4, 4), cfg, InverseFit::projection(), &mut snf::init::rng(0))?;
+/// assert_eq!(flow.self_normalizing().count(), 2);
+/// # Ok::<(), snf::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`glow`]; [`Error::InvalidArgument`] for settings [`InverseFit::validate`] rejects.
+pub fn glow_with_fit<T: Real, R: Rng>(shape: Shape, config: GlowConfig, fit: InverseFit, rng: &mut R) -> Result<Flow<T>> {
     const OP: &str = "glow";
+    fit.validate()?;
     shape.checked_dim()?;
     let GlowConfig { levels, steps, width, mixing } = config;
     if levels == 0 || steps == 0 || width == 0 {
@@ -139,8 +166,8 @@ pub fn glow<T: Real, R: Rng>(shape: Shape, config: GlowConfig, rng: &mut R) -> R
             match mixing {
                 GlowMixing::Exact1x1 => layers.push(Box::new(InvConv1x1::<T>::new(img, rng)?)),
                 GlowMixing::Lu1x1 => layers.push(Box::new(LuConv1x1::<T>::new(img, rng)?)),
-                GlowMixing::Snf1x1 => layers.push(Box::new(snf_mixing_conv::<T>(img, 1, rng)?)),
-                GlowMixing::Snf(k) => layers.push(Box::new(snf_mixing_conv::<T>(img, k, rng)?)),
+                GlowMixing::Snf1x1 => layers.push(Box::new(snf_mixing_conv::<T>(img, 1, rng)?.with_inverse_fit(fit)?)),
+                GlowMixing::Snf(k) => layers.push(Box::new(snf_mixing_conv::<T>(img, k, rng)?.with_inverse_fit(fit)?)),
             }
             layers.push(Box::new(AffineCoupling::<T>::new(AffineCouplingConfig::new(img, width), rng)?));
         }

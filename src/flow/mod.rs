@@ -204,6 +204,8 @@ pub struct FlowWorkspace<T: Real> {
     g: Option<GChain<T>>,
     logdet: Vec<f64>,
     lp: Vec<f64>,
+    /// Per layer: the relative reconstruction error of the last gradient pass.
+    layer_rel: Vec<f64>,
     max_batch: usize,
     par: Par,
 }
@@ -220,6 +222,15 @@ struct GChain<T: Real> {
 }
 
 impl<T: Real> FlowWorkspace<T> {
+    /// Per layer of the flow, the relative reconstruction error
+    /// $\lVert g(f(x)) - x\rVert^2 / \lVert x\rVert^2$ (batch means) of the last
+    /// [`Flow::gradients`] pass: what
+    /// [`StepStats::relative_reconstruction_error`] averages over the self-normalizing
+    /// layers, layer by layer, so a user can see which inverse fails. 0 for layers without a
+    /// learned inverse, and before the first pass.
+    pub fn layer_relative_errors(&self) -> &[f64] {
+        &self.layer_rel
+    }
     /// The largest batch it holds.
     pub fn max_batch(&self) -> usize {
         self.max_batch
@@ -359,6 +370,7 @@ impl<T: Real> Flow<T> {
             g: None,
             logdet: vec![0.0; max_batch],
             lp: vec![0.0; max_batch],
+            layer_rel: vec![0.0; k],
             max_batch,
             par,
         })
@@ -556,8 +568,12 @@ impl<T: Real> Flow<T> {
             )?;
             recon += rk;
             if snf {
-                relative += if energy > 0.0 { rk / energy } else { rk };
+                let rel = if energy > 0.0 { rk / energy } else { rk };
+                relative += rel;
                 n_snf += 1;
+                if let Some(slot) = ws.layer_rel.get_mut(k) {
+                    *slot = rel;
+                }
             }
             cur ^= 1;
         }

@@ -294,6 +294,12 @@ pub struct EpochRecord {
     /// two gradients differ only by the log-det surrogate there (fc.md, Consequence 2).
     #[serde(with = "json_f64::triples")]
     pub angles_w: Vec<(usize, f64, f64)>,
+    /// Per self-normalizing layer (index in the flow): mean and standard deviation over the
+    /// epoch's steps of its relative reconstruction error
+    /// ([`FlowWorkspace::layer_relative_errors`](crate::flow::FlowWorkspace::layer_relative_errors)),
+    /// so the layer whose inverse fails can be told apart.
+    #[serde(with = "json_f64::triples", default)]
+    pub layer_relative_errors: Vec<(usize, f64, f64)>,
     /// Steps skipped because the loss or a gradient was not finite.
     pub skipped_steps: usize,
     /// What the divergence monitor reported after this epoch (empty: nothing).
@@ -492,6 +498,8 @@ impl<T: Real> Trainer<T> {
         let (mut recon_sum, mut rel_sum, mut logp_sum, mut counted, mut skipped) = (0.0, 0.0, 0.0, 0usize, 0usize);
         let mut angle_samples: Vec<Vec<f64>> = vec![Vec::new(); self.flow.layers().len()];
         let mut angle_w_samples: Vec<Vec<f64>> = vec![Vec::new(); self.flow.layers().len()];
+        // per layer: sum and sum of squares of the relative reconstruction error
+        let mut layer_err = vec![(0.0f64, 0.0f64); self.flow.layers().len()];
         let t0 = Instant::now();
         let mut angle_time = 0.0;
         for s in 0..steps_per_epoch {
@@ -571,6 +579,10 @@ impl<T: Real> Trainer<T> {
             }
             recon_sum += stats.reconstruction_error;
             rel_sum += stats.relative_reconstruction_error;
+            for (acc, &e) in layer_err.iter_mut().zip(self.ws.layer_relative_errors()) {
+                acc.0 += e;
+                acc.1 += e * e;
+            }
             logp_sum += stats.partial_log_prob;
             counted += 1;
             progress(&StepProgress {
@@ -606,6 +618,11 @@ impl<T: Real> Trainer<T> {
         let (angles, angles_w) = (summarise(&angle_samples), summarise(&angle_w_samples));
         let c = counted.max(1) as f64;
         let relative_reconstruction_error = rel_sum / c;
+        let layer_relative_errors = if counted == 0 {
+            Vec::new()
+        } else {
+            self.flow.self_normalizing().filter_map(|k| layer_err.get(k).map(|&(s1, s2)| (k, s1 / c, (s2 / c - (s1 / c) * (s1 / c)).max(0.0).sqrt()))).collect()
+        };
         let alerts = self.monitor(epoch, relative_reconstruction_error, &angles, &angles_w);
         let record = EpochRecord {
             epoch,
@@ -619,6 +636,7 @@ impl<T: Real> Trainer<T> {
             eval_seconds,
             angles,
             angles_w,
+            layer_relative_errors,
             skipped_steps: skipped,
             alerts,
         };
@@ -763,6 +781,7 @@ mod monitor_tests {
             eval_seconds: 0.0,
             angles: vec![],
             angles_w: vec![(1, angle, 0.0), (3, angle, 0.0)],
+            layer_relative_errors: vec![],
             skipped_steps: 0,
             alerts: vec![],
         }

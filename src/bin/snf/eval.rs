@@ -65,6 +65,7 @@ fn eval<T: Real>(a: &Args, path: &std::path::Path, bytes: &[u8]) -> Result<()> {
         mixing: Default::default(),
         glow: None,
         inverse_fit: Default::default(),
+        inverse_kernel: 3,
         precision: Precision::F32,
         dataset: DatasetKind::Mnist,
         data: None,

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use snf::data::idx_set::{load_idx, Checksums, IdxOptions};
 use snf::data::mnist::{LoadOptions, Mnist};
 use snf::data::{Images, Splits};
-use snf::flow::glow::{glow, GlowConfig, GlowMixing};
-use snf::flow::models::{conv_nine_layer_with_fit, fc_two_layer_with, ConvMixing, Gradient};
+use snf::flow::glow::{glow_with_fit, GlowConfig, GlowMixing};
+use snf::flow::models::{conv_nine_layer_with_inverse_kernel, fc_two_layer_with, ConvMixing, Gradient};
 use snf::flow::Flow;
 use snf::layers::linear::InverseFit;
 use snf::train::{EpochRecord, TrainConfig};
@@ -147,9 +147,12 @@ pub struct RunSettings {
     /// Glow's levels, steps and width (`--model glow` only).
     #[serde(default)]
     pub glow: Option<GlowArch>,
-    /// The FC and conv models' inverse fit (absent in older runs: the penalty).
+    /// The FC, conv and Glow models' inverse fit (absent in older runs: the penalty).
     #[serde(default)]
     pub inverse_fit: Fit,
+    /// The conv model's inverse-kernel size (absent in older runs: 3).
+    #[serde(default = "three")]
+    pub inverse_kernel: usize,
     /// Precision.
     pub precision: Precision,
     /// The data set format.
@@ -276,7 +279,7 @@ impl RunDir {
     /// hold exactly the epochs its checkpoint holds).
     pub fn write_metrics(&self, history: &[EpochRecord]) -> Result<()> {
         let mut csv = String::from(
-            "epoch,val_nll,val_bpd,train_seconds,eval_seconds,cumulative_train_seconds,reconstruction_error,lambda,train_partial_log_prob,skipped_steps,mean_angle_deg,mean_angle_w_deg,relative_reconstruction_error,alerts\n",
+            "epoch,val_nll,val_bpd,train_seconds,eval_seconds,cumulative_train_seconds,reconstruction_error,lambda,train_partial_log_prob,skipped_steps,mean_angle_deg,mean_angle_w_deg,relative_reconstruction_error,alerts,max_layer_relative_error\n",
         );
         let mut jsonl = String::new();
         let mut cumulative = 0.0;
@@ -284,7 +287,7 @@ impl RunDir {
         for r in history {
             cumulative += r.train_seconds;
             csv.push_str(&format!(
-                "{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{},{}\n",
                 r.epoch,
                 r.val_nll,
                 r.val_bpd,
@@ -298,7 +301,8 @@ impl RunDir {
                 mean(&r.angles),
                 mean(&r.angles_w),
                 r.relative_reconstruction_error,
-                r.alerts.len()
+                r.alerts.len(),
+                r.layer_relative_errors.iter().map(|t| t.1).fold(f64::NAN, f64::max)
             ));
             jsonl.push_str(&serde_json::to_string(r).map_err(|e| CliError::Usage(e.to_string()))?);
             jsonl.push('\n');
@@ -372,6 +376,10 @@ pub fn load_data(s: &RunSettings) -> Result<Splits<Images>> {
     Ok(d)
 }
 
+fn three() -> usize {
+    3
+}
+
 /// A freshly initialised model for examples of `shape`.
 pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
     let mut rng = snf::init::rng(s.config.seed);
@@ -393,7 +401,7 @@ pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
                 Mixing::Convexp => ConvMixing::ConvExp,
                 m => return Err(CliError::Usage(format!("--mixing {m:?} is one of Glow's (--model glow)").to_lowercase())),
             };
-            conv_nine_layer_with_fit::<T, _>(shape, mixing, fit, &mut rng)?
+            conv_nine_layer_with_inverse_kernel::<T, _>(shape, mixing, fit, s.inverse_kernel, &mut rng)?
         }
         Model::Glow => {
             let arch = s.glow.ok_or_else(|| CliError::Usage("a glow run without levels, steps and width".into()))?;
@@ -405,7 +413,7 @@ pub fn build_model<T: Real>(s: &RunSettings, shape: Shape) -> Result<Flow<T>> {
                 Mixing::Snf5x5 => GlowMixing::Snf(5),
                 m => return Err(CliError::Usage(format!("--mixing {m:?} is the conv model's (use exact1x1, lu1x1, snf1x1, snf3x3 or snf5x5)").to_lowercase())),
             };
-            glow::<T, _>(shape, GlowConfig::new(arch.levels, arch.steps, arch.width, mixing), &mut rng)?
+            glow_with_fit::<T, _>(shape, GlowConfig::new(arch.levels, arch.steps, arch.width, mixing), fit, &mut rng)?
         }
     })
 }

@@ -46,19 +46,25 @@ pub struct Args {
     /// Peak learning rate [default: 1e-4 for fc, 1e-3 for conv and glow, the paper's].
     #[arg(long)]
     lr: Option<f64>,
-    /// FC and conv models: how the self-normalizing layers keep R ≈ W^{-1}. `projection`
-    /// (the default) fits R to each batch and needs no λ; `penalty` is the paper's Eq. 3
-    /// with the λ options below.
+    /// How the self-normalizing layers keep R ≈ W^{-1}. `projection` fits R to each batch
+    /// (FC: no λ; conv and glow: λ weighs only a pull on w, adaptive by default); `penalty` is
+    /// the paper's Eq. 3 with the λ options below [default: projection].
     #[arg(long, value_enum)]
     inverse_fit: Option<Fit>,
+    /// The conv model's inverse-kernel size (odd): a 5x5 r follows forward kernels a 3x3 one
+    /// cannot invert (on generated colour images it kept the model nearer its exact twin,
+    /// docs/results.md), at several times the refit's cost [default: 3].
+    #[arg(long)]
+    inverse_kernel: Option<usize>,
     /// A fixed reconstruction penalty λ (the paper's; default: the adaptive λ, see
-    /// --recon-target; for the conv model's projection fit also adaptive, from 0.02, weighing
-    /// only the pull on w; for glow the paper's 100, or 1000 on cifar10). With --geco-target: GECO's starting λ [default: 1].
+    /// --recon-target; for the conv and glow models' projection fit also adaptive, from 0.02,
+    /// weighing only the pull on w; for glow's penalty fit the paper's 100, or 1000 on
+    /// cifar10). With --geco-target: GECO's starting λ [default: 1].
     #[arg(long)]
     lambda: Option<f64>,
     /// The adaptive λ's target for the relative reconstruction error (each
     /// self-normalizing layer's |g(f(x)) - x|^2 over |x|^2). The default λ [default: 3e-3;
-    /// 3e-4 for the conv model's projection fit, whose λ stays in [1e-3, 1]].
+    /// 3e-4 for the conv and glow models' projection fit, whose λ stays in [1e-3, 1]].
     #[arg(long, conflicts_with_all = ["lambda", "geco_target"])]
     recon_target: Option<f64>,
     /// Steer λ so that the summed reconstruction error tracks this target (GECO).
@@ -77,7 +83,8 @@ pub struct Args {
     /// (by default it is reported, and the adaptive λ tightens).
     #[arg(long)]
     no_divergence_monitor: bool,
-    /// Clip the global gradient norm to this value [default: none; 10000 for SNF glow on cifar10, A.3].
+    /// Clip the global gradient norm to this value [default: none; 10000 for SNF glow with
+    /// --inverse-fit penalty on cifar10, A.3].
     #[arg(long)]
     clip_norm: Option<f64>,
     /// Seed (initialisation, data order, dequantisation noise).
@@ -335,9 +342,19 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
     let inverse_fit = match (a.model, a.inverse_fit) {
         (Model::Fc, f) => f.unwrap_or(Fit::Projection),
         (Model::Conv, f) if a.mixing == Mixing::Conv3x3 => f.unwrap_or(Fit::Projection),
+        (Model::Glow, f) if grad == Grad::Snf => f.unwrap_or(Fit::Projection),
         (_, None) => Fit::Penalty,
-        (Model::Conv, Some(_)) => return Err(CliError::Usage("--inverse-fit is for self-normalizing layers: --mixing emerging|convexp has none".into())),
-        (_, Some(_)) => return Err(CliError::Usage("--inverse-fit is the fc and conv models' (glow uses the penalty)".into())),
+        (_, Some(_)) => return Err(CliError::Usage("--inverse-fit is for self-normalizing layers: this --mixing has none".into())),
+    };
+    let inverse_kernel = match a.inverse_kernel {
+        None => 3,
+        Some(k) if a.model == Model::Conv && a.mixing == Mixing::Conv3x3 && grad == Grad::Snf => {
+            if k % 2 == 0 {
+                return Err(CliError::Usage(format!("--inverse-kernel must be odd, got {k}")));
+            }
+            k
+        }
+        Some(_) => return Err(CliError::Usage("--inverse-kernel is for the conv model's self-normalizing layers (--model conv --grad snf)".into())),
     };
     let lambda_given = a.lambda.is_some() || a.recon_target.is_some() || a.geco_target.is_some();
     if a.model == Model::Fc && grad == Grad::Snf && inverse_fit == Fit::Projection && lambda_given {
@@ -355,15 +372,15 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
             Lambda::Geco(g)
         }
         (None, Some(l)) => Lambda::Fixed(l),
+        // the conv model's projection fit: λ weighs only the pull on w (proofs/projection.md §4)
+        // starting at CONV_PROJECTION_LAMBDA, steered to a relative error (`--recon-target`)
+        (None, None) if matches!(a.model, Model::Conv | Model::Glow) && inverse_fit == Fit::Projection => {
+            Lambda::Adaptive(Adaptive::pull(a.recon_target.unwrap_or(CONV_PULL_TARGET), CONV_PROJECTION_LAMBDA))
+        }
         // Glow: the paper's fixed λ (A.3: 100 for MNIST, 1000 for CIFAR-10); the adaptive λ
         // lowers λ early and loses the inverse once the warm-up ends (docs/reproduction.md)
         (None, None) if a.model == Model::Glow && a.recon_target.is_none() => {
             Lambda::Fixed(if a.dataset == DatasetKind::Cifar10 { GLOW_LAMBDA_CIFAR10 } else { GLOW_LAMBDA })
-        }
-        // the conv model's projection fit: λ weighs only the pull on w (proofs/projection.md §4)
-        // starting at CONV_PROJECTION_LAMBDA, steered to a relative error (`--recon-target`)
-        (None, None) if a.model == Model::Conv && inverse_fit == Fit::Projection => {
-            Lambda::Adaptive(Adaptive::pull(a.recon_target.unwrap_or(CONV_PULL_TARGET), CONV_PROJECTION_LAMBDA))
         }
         (None, None) => Lambda::Adaptive(a.recon_target.map_or_else(Adaptive::default, |t| Adaptive::new(t, 1.0))),
     };
@@ -372,8 +389,12 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         batch: a.batch,
         adam: AdamConfig { lr, ..Default::default() },
         warmup_epochs: a.warmup,
-        // A.3: SNF Glow on CIFAR-10 clips the gradient norm at 10 000
-        clip_norm: a.clip_norm.or((a.model == Model::Glow && a.dataset == DatasetKind::Cifar10 && grad == Grad::Snf).then_some(GLOW_CLIP_CIFAR10)),
+        // A.3: SNF Glow on CIFAR-10 clips the gradient norm at 10 000 (the paper's penalised
+        // layers; with the projection fit the clip held the SNF model back from its exact twin,
+        // which is not clipped: docs/reproduction.md, "Glow with the projection fit")
+        clip_norm: a
+            .clip_norm
+            .or((a.model == Model::Glow && a.dataset == DatasetKind::Cifar10 && grad == Grad::Snf && inverse_fit == Fit::Penalty).then_some(GLOW_CLIP_CIFAR10)),
         lambda,
         seed: a.seed,
         angle_batches: if grad == Grad::Snf { a.angle_batches } else { 0 },
@@ -406,6 +427,7 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         mixing,
         glow,
         inverse_fit,
+        inverse_kernel,
         precision: a.precision,
         dataset: a.dataset,
         data: absolute(&a.data)?,
