@@ -377,7 +377,7 @@ fn settings_from(a: &Args) -> Result<RunSettings> {
         (None, None) if matches!(a.model, Model::Conv | Model::Glow) && inverse_fit == Fit::Projection => {
             Lambda::Adaptive(Adaptive::pull(a.recon_target.unwrap_or(CONV_PULL_TARGET), CONV_PROJECTION_LAMBDA))
         }
-        // Glow: the paper's fixed λ (A.3: 100 for MNIST, 1000 for CIFAR-10); the adaptive λ
+        // Glow's penalised layers: the paper's fixed λ (A.3: 100 for MNIST, 1000 for CIFAR-10); the adaptive λ
         // lowers λ early and loses the inverse once the warm-up ends (docs/reproduction.md)
         (None, None) if a.model == Model::Glow && a.recon_target.is_none() => {
             Lambda::Fixed(if a.dataset == DatasetKind::Cifar10 { GLOW_LAMBDA_CIFAR10 } else { GLOW_LAMBDA })
