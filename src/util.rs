@@ -48,6 +48,31 @@ pub(crate) fn all_zero<T: Real>(a: MatRef<'_, T>) -> bool {
     })
 }
 
+/// [`all_finite`] over column blocks in parallel (`par`'s threads, `rayon::join`, no
+/// allocation) when `a` is large; the same answer.
+pub(crate) fn all_finite_par<T: Real>(a: MatRef<'_, T>, par: faer::Par) -> bool {
+    par_all(a, par.degree().max(1), &|b| all_finite(b))
+}
+
+/// [`all_zero`] over column blocks in parallel when `a` is large; the same answer.
+pub(crate) fn all_zero_par<T: Real>(a: MatRef<'_, T>, par: faer::Par) -> bool {
+    par_all(a, par.degree().max(1), &|b| all_zero(b))
+}
+
+fn par_all<T: Real>(a: MatRef<'_, T>, threads: usize, f: &(impl Fn(MatRef<'_, T>) -> bool + Sync)) -> bool {
+    // split along the storage order, so each part is contiguous columns
+    let a = if a.row_stride() != 1 && a.col_stride() == 1 { a.transpose() } else { a };
+    #[cfg(feature = "rayon")]
+    if threads > 1 && a.ncols() >= 2 && a.nrows() * a.ncols() >= 1 << 16 {
+        let left = threads / 2;
+        let (l, r) = a.split_at_col(a.ncols() * left / threads);
+        let (x, y) = rayon::join(|| par_all(l, left, f), || par_all(r, threads - left, f));
+        return x && y;
+    }
+    let _ = threads;
+    f(a)
+}
+
 /// Sum of squares of every entry, accumulated in `f64`.
 pub(crate) fn sum_sq<T: Real>(x: MatRef<'_, T>) -> f64 {
     if x.row_stride() != 1 && x.col_stride() == 1 {
@@ -359,4 +384,40 @@ pub(crate) fn has_avx2_fma() -> bool {
 #[inline]
 pub(crate) fn has_avx512f() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faer::{Mat, Par};
+
+    /// The parallel checks agree with the sequential ones on a matrix large enough to be
+    /// split (300 x 400 = 120 000 entries, above the 65 536 threshold), for one bad entry
+    /// in each part, through plain and transposed views, on 1, 2 and 3 threads.
+    #[test]
+    fn parallel_checks_agree_with_the_sequential_ones() {
+        for threads in [1, 2, 3] {
+            let par = if threads == 1 { Par::Seq } else { Par::rayon(threads) };
+            let clean = Mat::<f32>::from_fn(300, 400, |i, j| (i + j) as f32);
+            assert!(all_finite_par(clean.as_ref(), par) && all_finite_par(clean.transpose(), par));
+            let zero = Mat::<f32>::zeros(300, 400);
+            assert!(all_zero_par(zero.as_ref(), par) && all_zero_par(zero.transpose(), par));
+            assert!(!all_zero_par(clean.as_ref(), par));
+            for (i, j) in [(0, 0), (150, 199), (299, 200), (17, 399)] {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut m = clean.clone();
+                    m[(i, j)] = bad;
+                    assert!(!all_finite_par(m.as_ref(), par), "{bad} at ({i}, {j}), {threads} threads");
+                    assert!(!all_finite_par(m.transpose(), par));
+                    assert_eq!(all_finite_par(m.as_ref(), par), all_finite(m.as_ref()));
+                }
+                let mut z = zero.clone();
+                z[(i, j)] = 1e-30;
+                assert!(!all_zero_par(z.as_ref(), par), "nonzero at ({i}, {j}), {threads} threads");
+                assert!(!all_zero_par(z.transpose(), par));
+                z[(i, j)] = -0.0;
+                assert!(all_zero_par(z.as_ref(), par), "-0 counts as zero");
+            }
+        }
+    }
 }

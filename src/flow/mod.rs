@@ -145,6 +145,11 @@ impl<T: Real> FlowGrads<T> {
     pub fn all_finite(&self) -> bool {
         self.layers.iter().all(Grads::all_finite)
     }
+    /// [`all_finite`](Self::all_finite), each large block read by `par`'s threads (the
+    /// trainer's check before every step).
+    pub fn all_finite_with(&self, par: Par) -> bool {
+        self.layers.iter().all(|g| g.all_finite_with(par))
+    }
 }
 
 /// How λ weighs each self-normalizing layer's reconstruction error $\lVert r_k\rVert^2 =

@@ -547,7 +547,7 @@ impl<T: Real> Trainer<T> {
                     }
                 }
             }
-            if !(stats.reconstruction_error.is_finite() && stats.partial_log_prob.is_finite() && self.grads.all_finite()) {
+            if !(stats.reconstruction_error.is_finite() && stats.partial_log_prob.is_finite() && self.grads.all_finite_with(self.ws.par())) {
                 skipped += 1;
                 continue;
             }

@@ -106,6 +106,10 @@ impl<T: Real> Grads<T> {
     pub fn all_finite(&self) -> bool {
         self.blocks().into_iter().all(crate::util::all_finite)
     }
+    /// [`all_finite`](Self::all_finite), each large block read by `par`'s threads.
+    pub fn all_finite_with(&self, par: faer::Par) -> bool {
+        self.blocks().into_iter().all(|b| crate::util::all_finite_par(b, par))
+    }
 }
 
 fn foreign() -> Error {

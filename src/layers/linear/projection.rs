@@ -38,7 +38,7 @@ impl<T: Real> SelfNormLinear<T> {
         matmul(grads.w.as_mut(), Accum::Add, dz, x.transpose(), -inv_b, par);
         // dR = 0: it stays zero from step to step, so it is written only when it is not
         // (reading it costs half of writing it)
-        if !crate::util::all_zero(grads.rt.as_ref()) {
+        if !crate::util::all_zero_par(grads.rt.as_ref(), par) {
             par_cols(grads.rt.as_mut(), par, &|g| zip!(g).for_each(|unzip!(g)| *g = T::from_f64(0.0)));
         }
         if let Some(gb) = grads.b.as_mut() {
