@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # The GPU check for the `cuda` feature, in one prepared run (under 5 minutes on a GPU
 # machine): build with the feature, run the GPU tests (GPU vs CPU gradients), time the
-# SNF vs exact FC step at D in {784, 2048, 4096}, batch 128, and one FC 2-layer MNIST
+# SNF vs exact FC step at D in {784, 2048, 4096}, batch 128, and ten FC 2-layer MNIST
 # epochs on the GPU. Writes everything to ${OUT:-gpu-results}/gpu-check.txt.
 #
-# On a GPU machine without a Rust toolchain, build the two binaries elsewhere first:
-#   scripts/gpu-check.sh --prebuild      # here: builds into .gpu/ (git-ignored via .git/info/exclude)
+# On a GPU machine without a Rust toolchain, build the binaries elsewhere first:
+#   scripts/gpu-check.sh --prebuild      # here: builds tests/cuda.rs, gpu_bench and gpu_train_fc into .gpu/ (git-ignored via .git/info/exclude)
 #   SNF_GPU_BIN=.gpu scripts/gpu-check.sh   # there: runs the prebuilt binaries
 # cudarc loads libcuda, cuBLAS and NVRTC at run time; the script adds the CUDA toolkit's
 # and pip's nvidia library folders to LD_LIBRARY_PATH when it finds them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--prebuild" ]; then
-  cargo build --release --features cuda --example gpu_bench --test cuda --message-format=json 2>/dev/null \
+  cargo build --release --features cuda --example gpu_bench --example gpu_train_fc --test cuda --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
